@@ -1,0 +1,63 @@
+# studio-relay — the two commands a newcomer needs are `make run` and `make test`.
+CARGO        ?= cargo
+PREFIX       ?= /usr/local
+DESTDIR      ?=
+CONFIG_DIR   ?= /etc/studio-relay
+UNIT_DIR     ?= /etc/systemd/system
+REDIS_URL    ?= redis://127.0.0.1:6379
+
+.PHONY: all build release run test lint fmt demo bench bench-compare install uninstall clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+release:
+	$(CARGO) build --release --workspace
+
+## Run the relay with the repo's relay.toml against Redis on 127.0.0.1:6379 (or $REDIS_URL).
+run:
+	REDIS_URL=$(REDIS_URL) $(CARGO) run --release --bin studio-relay -- --config relay.toml
+
+## Every test: unit tests beside the code, black-box tests in tests/ (each starts its own redis-server).
+test:
+	$(CARGO) test --workspace --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## A private redis-server, the relay, a client, and a few published events.
+demo:
+	$(CARGO) build --bin studio-relay --example client
+	bash scripts/demo.sh
+
+## Benchmarks print numbers; they are not tests.
+bench: release
+	bash bench/bench.sh
+
+bench-compare: release
+	bash bench/compare.sh
+
+install: release
+	install -D -m 0755 target/release/studio-relay $(DESTDIR)$(PREFIX)/bin/studio-relay
+	install -D -m 0644 systemd/studio-relay.service $(DESTDIR)$(UNIT_DIR)/studio-relay.service
+	install -D -m 0644 systemd/studio-relay.socket $(DESTDIR)$(UNIT_DIR)/studio-relay.socket
+	sed -i 's|/usr/local/bin/studio-relay|$(PREFIX)/bin/studio-relay|g' $(DESTDIR)$(UNIT_DIR)/studio-relay.service
+	@if [ -e $(DESTDIR)$(CONFIG_DIR)/relay.toml ]; then \
+		echo "keeping existing $(DESTDIR)$(CONFIG_DIR)/relay.toml"; \
+	else \
+		install -D -m 0644 relay.toml $(DESTDIR)$(CONFIG_DIR)/relay.toml; \
+	fi
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/studio-relay
+	rm -f $(DESTDIR)$(UNIT_DIR)/studio-relay.service $(DESTDIR)$(UNIT_DIR)/studio-relay.socket
+	@echo "left $(DESTDIR)$(CONFIG_DIR)/relay.toml in place (remove it by hand if wanted)"
+
+clean:
+	$(CARGO) clean

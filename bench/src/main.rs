@@ -1,0 +1,2 @@
+//! Load generator (in progress).
+fn main() {}

@@ -1,0 +1,667 @@
+//! Who wants what. One hub task owns the routing index — `(field, value) →
+//! connections`, the firehose set and every connection's bounded queue — so
+//! the hot path takes no lock: an event costs one index lookup per routing
+//! key plus one `try_send` of the shared frame per matching connection.
+//!
+//! Connections talk to the hub through a bounded command channel; the hub
+//! never awaits a connection. Acks and the welcome frame travel through the
+//! same queue as events, so "ack, then the events it enabled" holds by
+//! construction, as does per-connection Redis order.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::Event;
+use crate::metrics::Metrics;
+use crate::protocol::{self, GapReason};
+
+/// Relay-wide connection identifier.
+pub type ConnId = u64;
+
+/// Capacity of the connections → hub command channel.
+const COMMAND_QUEUE: usize = 4096;
+/// Events the hub takes from the source per wakeup.
+const INGEST_BATCH: usize = 256;
+
+/// One frame waiting in a connection's queue.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The shared, already-encoded text frame.
+    pub frame: Utf8Bytes,
+    /// When its Redis message was read, for the latency histogram.
+    pub received: Option<Instant>,
+}
+
+/// State both ends of a connection queue see.
+#[derive(Debug, Default)]
+pub struct ConnShared {
+    queued_bytes: AtomicUsize,
+    close: AtomicU16,
+    kicked: Notify,
+}
+
+impl ConnShared {
+    /// Asks the connection to close with `code`; the first request wins.
+    pub fn kick(&self, code: u16) {
+        let _ = self
+            .close
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.kicked.notify_one();
+    }
+
+    /// Resolves once [`kick`](Self::kick) was called; returns the close code.
+    pub async fn kicked(&self) -> u16 {
+        loop {
+            match self.close.load(Ordering::Acquire) {
+                0 => self.kicked.notified().await,
+                code => return code,
+            }
+        }
+    }
+}
+
+/// The hub's end of a connection queue.
+#[derive(Debug)]
+pub struct QueueTx {
+    tx: mpsc::Sender<Outbound>,
+    shared: Arc<ConnShared>,
+    max_bytes: usize,
+}
+
+/// Why an enqueue failed.
+enum Enqueue {
+    Ok,
+    Slow,
+    Gone,
+}
+
+impl QueueTx {
+    /// Enqueues unless the queue already holds its event or byte limit
+    /// (SPEC §6: one event larger than the byte limit still gets through).
+    fn push(&self, out: &Outbound) -> Enqueue {
+        let len = out.frame.len();
+        if self.shared.queued_bytes.load(Ordering::Acquire) >= self.max_bytes {
+            return Enqueue::Slow;
+        }
+        // Add first so the consumer's subtraction can never underflow.
+        self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        match self.tx.try_send(out.clone()) {
+            Ok(()) => Enqueue::Ok,
+            Err(e) => {
+                self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => Enqueue::Slow,
+                    mpsc::error::TrySendError::Closed(_) => Enqueue::Gone,
+                }
+            }
+        }
+    }
+}
+
+/// The connection's end of its queue.
+#[derive(Debug)]
+pub struct QueueRx {
+    rx: mpsc::Receiver<Outbound>,
+    shared: Arc<ConnShared>,
+}
+
+impl QueueRx {
+    /// Waits for frames and moves up to `limit` of them into `buf`;
+    /// returns 0 once the hub dropped the queue.
+    pub async fn recv_many(&mut self, buf: &mut Vec<Outbound>, limit: usize) -> usize {
+        let n = self.rx.recv_many(buf, limit).await;
+        self.release(&buf[buf.len() - n..]);
+        n
+    }
+
+    /// Takes whatever is queued right now, without waiting.
+    pub fn drain_now(&mut self, buf: &mut Vec<Outbound>, limit: usize) {
+        let start = buf.len();
+        while buf.len() - start < limit {
+            match self.rx.try_recv() {
+                Ok(out) => buf.push(out),
+                Err(_) => break,
+            }
+        }
+        self.release(&buf[start..]);
+    }
+
+    fn release(&self, taken: &[Outbound]) {
+        let bytes: usize = taken.iter().map(|o| o.frame.len()).sum();
+        self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// The state shared with the hub (close requests).
+    pub fn shared(&self) -> &Arc<ConnShared> {
+        &self.shared
+    }
+}
+
+/// A bounded queue: at most `events` frames and about `max_bytes` bytes.
+pub fn queue(events: usize, max_bytes: usize) -> (QueueTx, QueueRx) {
+    let (tx, rx) = mpsc::channel(events.max(1));
+    let shared = Arc::new(ConnShared::default());
+    (
+        QueueTx {
+            tx,
+            shared: shared.clone(),
+            max_bytes,
+        },
+        QueueRx { rx, shared },
+    )
+}
+
+/// What the source hands the hub.
+#[derive(Debug)]
+pub enum Ingest {
+    /// An event to route.
+    Event(Event),
+    /// Tell every connection that events were missed.
+    Gap(GapReason),
+}
+
+/// Requests from connections.
+#[derive(Debug)]
+pub enum Command {
+    /// A new connection with its URL subscriptions; `welcome` is queued first.
+    Register {
+        /// Connection id.
+        id: ConnId,
+        /// Hub end of its queue.
+        queue: QueueTx,
+        /// Initial `(field, value)` subscriptions.
+        keys: Vec<(String, String)>,
+        /// Initial firehose flag.
+        all: bool,
+        /// The welcome frame, queued once the subscriptions are live.
+        welcome: Utf8Bytes,
+    },
+    /// Add (`subscribe`) or remove subscriptions, then queue `ack`.
+    Change {
+        /// Connection id.
+        id: ConnId,
+        /// true = subscribe, false = unsubscribe.
+        subscribe: bool,
+        /// `(field, value)` pairs.
+        keys: Vec<(String, String)>,
+        /// The firehose was named.
+        all: bool,
+        /// The ack frame, queued once the change is live.
+        ack: Utf8Bytes,
+    },
+    /// The connection ended.
+    Unregister {
+        /// Connection id.
+        id: ConnId,
+    },
+}
+
+/// Cloneable handle connections use to reach the hub.
+#[derive(Debug, Clone)]
+pub struct HubHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl HubHandle {
+    /// Sends a command; false if the hub has stopped (shutdown).
+    pub async fn send(&self, cmd: Command) -> bool {
+        self.tx.send(cmd).await.is_ok()
+    }
+
+    /// Sends without waiting; used from `Drop` paths.
+    pub fn try_send(&self, cmd: Command) -> bool {
+        self.tx.try_send(cmd).is_ok()
+    }
+}
+
+struct Entry {
+    id: ConnId,
+    queue: QueueTx,
+    subs: HashSet<(Arc<str>, Box<str>)>,
+    firehose: bool,
+    /// Sequence number of the last event queued, to deliver once when several keys match.
+    stamp: u64,
+    /// Kicked as slow: gets nothing more, waits for its Unregister.
+    dead: bool,
+}
+
+/// The routing index and the connections' queues. Owned by one task.
+pub struct Hub {
+    slots: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    ids: HashMap<ConnId, usize>,
+    index: HashMap<Arc<str>, HashMap<Box<str>, HashSet<usize>>>,
+    firehose: HashSet<usize>,
+    entries: usize,
+    seq: u64,
+    kicked: Vec<usize>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Hub {
+            slots: Vec::new(),
+            free: Vec::new(),
+            ids: HashMap::new(),
+            index: HashMap::new(),
+            firehose: HashSet::new(),
+            entries: 0,
+            seq: 0,
+            kicked: Vec::new(),
+            metrics,
+        }
+    }
+
+    /// Creates the command channel: the handle for connections, the receiver for [`run`](Self::run).
+    pub fn channel() -> (HubHandle, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        (HubHandle { tx }, rx)
+    }
+
+    /// Serves commands and routes ingested events until shutdown or until
+    /// both channels close.
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut ingest: mpsc::Receiver<Ingest>,
+        shutdown: CancellationToken,
+    ) {
+        let mut batch = Vec::with_capacity(INGEST_BATCH);
+        let mut ingest_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.apply(cmd),
+                    None => break,
+                },
+                n = ingest.recv_many(&mut batch, INGEST_BATCH), if ingest_open => {
+                    if n == 0 {
+                        ingest_open = false;
+                    }
+                    for item in batch.drain(..) {
+                        self.ingest(item);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies one connection command.
+    pub fn apply(&mut self, cmd: Command) {
+        match cmd {
+            Command::Register {
+                id,
+                queue,
+                keys,
+                all,
+                welcome,
+            } => {
+                let slot = self.free.pop().unwrap_or_else(|| {
+                    self.slots.push(None);
+                    self.slots.len() - 1
+                });
+                self.slots[slot] = Some(Entry {
+                    id,
+                    queue,
+                    subs: HashSet::new(),
+                    firehose: false,
+                    stamp: 0,
+                    dead: false,
+                });
+                self.ids.insert(id, slot);
+                self.change(slot, true, keys, all);
+                self.send_control(slot, welcome);
+            }
+            Command::Change {
+                id,
+                subscribe,
+                keys,
+                all,
+                ack,
+            } => {
+                if let Some(&slot) = self.ids.get(&id) {
+                    self.change(slot, subscribe, keys, all);
+                    self.send_control(slot, ack);
+                }
+            }
+            Command::Unregister { id } => {
+                if let Some(slot) = self.ids.remove(&id) {
+                    self.unindex(slot);
+                    if let Some(entry) = self.slots.get_mut(slot) {
+                        *entry = None;
+                        self.free.push(slot);
+                    }
+                }
+            }
+        }
+        self.publish_size();
+    }
+
+    /// Routes one item from the source.
+    pub fn ingest(&mut self, item: Ingest) {
+        match item {
+            Ingest::Event(event) => self.route(&event),
+            Ingest::Gap(reason) => {
+                let out = Outbound {
+                    frame: protocol::gap(reason),
+                    received: None,
+                };
+                self.seq += 1;
+                for slot in 0..self.slots.len() {
+                    deliver(&mut self.slots, slot, &out, self.seq, &mut self.kicked);
+                }
+            }
+        }
+        self.reap_kicked();
+    }
+
+    /// Number of (field, value) subscriptions plus firehose members.
+    pub fn index_entries(&self) -> usize {
+        self.entries
+    }
+
+    /// Live connections known to the hub.
+    pub fn connections(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn route(&mut self, event: &Event) {
+        self.seq += 1;
+        let seq = self.seq;
+        let out = Outbound {
+            frame: event.frame.clone(),
+            received: Some(event.received),
+        };
+        if event.keys.is_empty() {
+            for slot in 0..self.slots.len() {
+                deliver(&mut self.slots, slot, &out, seq, &mut self.kicked);
+            }
+            return;
+        }
+        for (field, value) in &event.keys {
+            if let Some(set) = self.index.get(&**field).and_then(|m| m.get(&**value)) {
+                for &slot in set {
+                    deliver(&mut self.slots, slot, &out, seq, &mut self.kicked);
+                }
+            }
+        }
+        for &slot in &self.firehose {
+            deliver(&mut self.slots, slot, &out, seq, &mut self.kicked);
+        }
+    }
+
+    fn send_control(&mut self, slot: usize, frame: Utf8Bytes) {
+        self.seq += 1;
+        let out = Outbound {
+            frame,
+            received: None,
+        };
+        deliver(&mut self.slots, slot, &out, self.seq, &mut self.kicked);
+        self.reap_kicked();
+    }
+
+    fn change(&mut self, slot: usize, subscribe: bool, keys: Vec<(String, String)>, all: bool) {
+        let Some(Some(entry)) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if entry.dead {
+            return;
+        }
+        for (field, value) in keys {
+            let field: Arc<str> = match self.index.get_key_value(field.as_str()) {
+                Some((k, _)) => k.clone(),
+                None => Arc::from(field),
+            };
+            let key = (field, Box::<str>::from(value));
+            if subscribe {
+                if entry.subs.insert(key.clone()) {
+                    let (field, value) = key;
+                    self.index
+                        .entry(field)
+                        .or_default()
+                        .entry(value)
+                        .or_default()
+                        .insert(slot);
+                    self.entries += 1;
+                }
+            } else if entry.subs.remove(&key) {
+                remove_from_index(&mut self.index, &key.0, &key.1, slot);
+                self.entries -= 1;
+            }
+        }
+        if all && entry.firehose != subscribe {
+            entry.firehose = subscribe;
+            if subscribe {
+                self.firehose.insert(slot);
+                self.entries += 1;
+            } else {
+                self.firehose.remove(&slot);
+                self.entries -= 1;
+            }
+        }
+    }
+
+    /// Removes every subscription of `slot` from the index.
+    fn unindex(&mut self, slot: usize) {
+        let Some(Some(entry)) = self.slots.get_mut(slot) else {
+            return;
+        };
+        for (field, value) in entry.subs.drain() {
+            remove_from_index(&mut self.index, &field, &value, slot);
+            self.entries -= 1;
+        }
+        if std::mem::take(&mut entry.firehose) {
+            self.firehose.remove(&slot);
+            self.entries -= 1;
+        }
+    }
+
+    fn reap_kicked(&mut self) {
+        while let Some(slot) = self.kicked.pop() {
+            self.unindex(slot);
+            if let Some(Some(entry)) = self.slots.get_mut(slot) {
+                if !entry.dead {
+                    entry.dead = true;
+                    entry.queue.shared.kick(protocol::CLOSE_SLOW);
+                    self.metrics.slow_consumer_disconnects.inc();
+                    tracing::info!(conn = entry.id, "slow consumer: closing with 1013");
+                }
+            }
+        }
+        self.publish_size();
+    }
+
+    fn publish_size(&self) {
+        self.metrics.routing_index_entries.set(self.entries as i64);
+    }
+}
+
+/// Queues `out` for `slot` once per `seq`; a full queue marks it for a kick.
+fn deliver(
+    slots: &mut [Option<Entry>],
+    slot: usize,
+    out: &Outbound,
+    seq: u64,
+    kicked: &mut Vec<usize>,
+) {
+    let Some(Some(entry)) = slots.get_mut(slot) else {
+        return;
+    };
+    if entry.dead || entry.stamp == seq {
+        return;
+    }
+    entry.stamp = seq;
+    match entry.queue.push(out) {
+        Enqueue::Ok | Enqueue::Gone => {}
+        Enqueue::Slow => kicked.push(slot),
+    }
+}
+
+fn remove_from_index(
+    index: &mut HashMap<Arc<str>, HashMap<Box<str>, HashSet<usize>>>,
+    field: &str,
+    value: &str,
+    slot: usize,
+) {
+    if let Some(values) = index.get_mut(field) {
+        if let Some(set) = values.get_mut(value) {
+            set.remove(&slot);
+            if set.is_empty() {
+                values.remove(value);
+            }
+        }
+        if values.is_empty() {
+            index.remove(field);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(keys: &[(&str, &str)], frame: &str) -> Ingest {
+        Ingest::Event(Event {
+            frame: frame.to_owned().into(),
+            keys: keys
+                .iter()
+                .map(|(f, v)| (Arc::from(*f), Box::from(*v)))
+                .collect(),
+            received: Instant::now(),
+            not_json: false,
+        })
+    }
+
+    fn register(
+        hub: &mut Hub,
+        id: ConnId,
+        keys: &[(&str, &str)],
+        all: bool,
+        cap: usize,
+        bytes: usize,
+    ) -> QueueRx {
+        let (tx, rx) = queue(cap, bytes);
+        hub.apply(Command::Register {
+            id,
+            queue: tx,
+            keys: keys
+                .iter()
+                .map(|(f, v)| (f.to_string(), v.to_string()))
+                .collect(),
+            all,
+            welcome: "welcome".into(),
+        });
+        rx
+    }
+
+    fn frames(rx: &mut QueueRx) -> Vec<String> {
+        let mut buf = Vec::new();
+        rx.drain_now(&mut buf, usize::MAX);
+        buf.into_iter()
+            .map(|o| o.frame.as_str().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn routes_by_key_firehose_and_global_once_each() {
+        let mut hub = Hub::new(Arc::new(Metrics::new()));
+        let mut a = register(
+            &mut hub,
+            1,
+            &[("agentId", "a1"), ("sessionId", "s1")],
+            false,
+            16,
+            1 << 20,
+        );
+        let mut b = register(&mut hub, 2, &[("agentId", "a2")], false, 16, 1 << 20);
+        let mut f = register(&mut hub, 3, &[("agentId", "a1")], true, 16, 1 << 20);
+        hub.ingest(ev(&[("agentId", "a1"), ("sessionId", "s1")], "e1"));
+        hub.ingest(ev(&[("agentId", "a2")], "e2"));
+        hub.ingest(ev(&[], "global"));
+        hub.ingest(ev(&[("sessionId", "zzz")], "e3"));
+        assert_eq!(frames(&mut a), ["welcome", "e1", "global"]);
+        assert_eq!(frames(&mut b), ["welcome", "e2", "global"]);
+        assert_eq!(frames(&mut f), ["welcome", "e1", "e2", "global", "e3"]);
+        assert_eq!(hub.index_entries(), 5);
+    }
+
+    #[test]
+    fn change_ack_and_unregister_clean_the_index() {
+        let mut hub = Hub::new(Arc::new(Metrics::new()));
+        let mut a = register(&mut hub, 1, &[], false, 16, 1 << 20);
+        hub.apply(Command::Change {
+            id: 1,
+            subscribe: true,
+            keys: vec![
+                ("agentId".into(), "x".into()),
+                ("agentId".into(), "x".into()),
+            ],
+            all: false,
+            ack: "ack".into(),
+        });
+        hub.ingest(ev(&[("agentId", "x")], "ex"));
+        hub.apply(Command::Change {
+            id: 1,
+            subscribe: false,
+            keys: vec![("agentId".into(), "x".into())],
+            all: false,
+            ack: "unack".into(),
+        });
+        hub.ingest(ev(&[("agentId", "x")], "ex2"));
+        assert_eq!(frames(&mut a), ["welcome", "ack", "ex", "unack"]);
+        assert_eq!(hub.index_entries(), 0);
+        register(&mut hub, 2, &[("agentId", "y")], true, 16, 1 << 20);
+        assert_eq!(hub.index_entries(), 2);
+        hub.apply(Command::Unregister { id: 2 });
+        hub.apply(Command::Unregister { id: 1 });
+        assert_eq!(hub.index_entries(), 0);
+        assert!(hub.index.is_empty() && hub.firehose.is_empty());
+        assert_eq!(hub.connections(), 0);
+    }
+
+    #[test]
+    fn full_queue_kicks_with_1013_and_spares_others() {
+        let mut hub = Hub::new(Arc::new(Metrics::new()));
+        let slow = register(&mut hub, 1, &[], true, 3, 1 << 20);
+        let mut fast = register(&mut hub, 2, &[], true, 100, 1 << 20);
+        for i in 0..5 {
+            hub.ingest(ev(&[], &format!("e{i}")));
+            frames(&mut fast);
+        }
+        assert_eq!(
+            slow.shared.close.load(Ordering::Acquire),
+            protocol::CLOSE_SLOW
+        );
+        assert_eq!(hub.metrics.slow_consumer_disconnects.get(), 1);
+        assert_eq!(hub.index_entries(), 1);
+    }
+
+    #[test]
+    fn byte_limit_lets_one_big_event_through() {
+        let mut hub = Hub::new(Arc::new(Metrics::new()));
+        let mut rx = register(&mut hub, 1, &[], true, 100, 10);
+        let mut buf = Vec::new();
+        rx.drain_now(&mut buf, 10);
+        hub.ingest(ev(&[], &"x".repeat(50)));
+        assert_eq!(
+            rx.shared.close.load(Ordering::Acquire),
+            0,
+            "a reader that keeps up gets a big event"
+        );
+        hub.ingest(ev(&[], "y"));
+        assert_eq!(
+            rx.shared.close.load(Ordering::Acquire),
+            protocol::CLOSE_SLOW
+        );
+    }
+}
