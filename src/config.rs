@@ -176,6 +176,9 @@ pub struct LimitsConfig {
     pub ping_interval_ms: u64,
     /// Close a connection silent this long; 0 turns the idle close off.
     pub idle_timeout_ms: u64,
+    /// A socket write that takes longer means the client stopped reading:
+    /// the connection is dropped (an extension of SPEC §3).
+    pub write_timeout_ms: u64,
     /// Deadline for the drain on shutdown.
     pub shutdown_grace_ms: u64,
 }
@@ -191,6 +194,7 @@ impl Default for LimitsConfig {
             handshake_timeout_ms: 10_000,
             ping_interval_ms: 25_000,
             idle_timeout_ms: 60_000,
+            write_timeout_ms: 10_000,
             shutdown_grace_ms: 5000,
         }
     }
@@ -484,6 +488,7 @@ impl Config {
             ("limits.send_queue", l.send_queue as u64),
             ("limits.send_queue_bytes", l.send_queue_bytes as u64),
             ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
+            ("limits.write_timeout_ms", l.write_timeout_ms),
         ] {
             if value == 0 {
                 return err(key, "must be above 0".into());

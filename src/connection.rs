@@ -27,10 +27,8 @@ use crate::router::{self, Command, ConnId, Outbound, QueueRx};
 
 /// Frames taken from the queue per socket write.
 const WRITE_BATCH: usize = 64;
-/// A write (or flush) that takes longer means the client stopped reading.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long to wait for the client's close reply.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long to wait for the client's close reply once ours is sent.
+const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 /// tungstenite's read buffer: client messages are small, and the 128 KiB
 /// default would cost 12 GiB at 100k connections.
 const READ_BUFFER: usize = 4096;
@@ -167,6 +165,7 @@ pub async fn run(on_upgrade: OnUpgrade, acc: Accepted, state: Arc<State>) {
         queue: queue_rx,
         state: state.clone(),
         buf: Vec::new(),
+        write_timeout: Duration::from_millis(config.limits.write_timeout_ms),
     };
     let exit = if registered {
         conn.serve().await
@@ -192,6 +191,7 @@ struct Conn {
     queue: QueueRx,
     state: Arc<State>,
     buf: Vec<Outbound>,
+    write_timeout: Duration,
 }
 
 impl Conn {
@@ -272,7 +272,7 @@ impl Conn {
             }
             ws.flush().await
         };
-        match timeout(WRITE_TIMEOUT, write).await {
+        match timeout(self.write_timeout, write).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "write failed");
@@ -400,14 +400,14 @@ impl Conn {
     }
 
     async fn send_now(&mut self, msg: Message) -> Result<(), Exit> {
-        match timeout(WRITE_TIMEOUT, self.ws.send(msg)).await {
+        match timeout(self.write_timeout, self.ws.send(msg)).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(Exit::Gone),
         }
     }
 
     async fn flush(&mut self) -> Result<(), Exit> {
-        match timeout(WRITE_TIMEOUT, self.ws.flush()).await {
+        match timeout(self.write_timeout, self.ws.flush()).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(Exit::Gone),
         }
@@ -436,17 +436,19 @@ impl Conn {
         Exit::Close(protocol::CLOSE_GOING_AWAY, "relay shutting down")
     }
 
-    /// Sends a close frame and waits briefly for the client's reply, so the
-    /// close frame is not lost to a TCP reset.
+    /// Sends a close frame (a slow reader gets `write_timeout` to take it),
+    /// then waits briefly for the client's reply so the frame is not lost
+    /// to a TCP reset.
     async fn close(&mut self, code: u16, reason: &'static str) {
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: reason.into(),
         };
-        let _ = timeout(CLOSE_TIMEOUT, async {
-            if self.ws.close(Some(frame)).await.is_err() {
-                return;
-            }
+        match timeout(self.write_timeout, self.ws.close(Some(frame))).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+        let _ = timeout(CLOSE_REPLY_TIMEOUT, async {
             while let Some(Ok(_)) = self.ws.next().await {}
         })
         .await;

@@ -113,7 +113,7 @@ impl Source {
     /// Subscribes, and resubscribes after every loss, until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut ever_up = false;
-        let mut delay = BACKOFF_MIN;
+        let mut backoff = Backoff::default();
         let mut failures: u64 = 0;
         let mut last_down_log: Option<Instant> = None;
         loop {
@@ -123,7 +123,7 @@ impl Source {
                     self.set_up(false);
                     if was_up {
                         ever_up = true;
-                        delay = BACKOFF_MIN;
+                        backoff = Backoff::default();
                         failures = 0;
                         tracing::warn!(reason = %why, "redis subscription lost; reconnecting");
                         last_down_log = Some(Instant::now());
@@ -135,7 +135,7 @@ impl Source {
                                 reason = %why,
                                 url = %self.redis.redacted_url(),
                                 attempts = failures,
-                                retry_in_ms = delay.as_millis() as u64,
+                                retry_in_ms = backoff.current().as_millis() as u64,
                                 "redis unavailable; retrying with backoff"
                             );
                             last_down_log = Some(Instant::now());
@@ -143,8 +143,7 @@ impl Source {
                             tracing::debug!(reason = %why, attempts = failures, "redis connect failed");
                         }
                     }
-                    let sleep = jitter(delay);
-                    delay = (delay * 2).min(BACKOFF_MAX);
+                    let sleep = backoff.next_delay();
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(sleep) => {}
@@ -427,11 +426,11 @@ impl Probe {
                 subscriber
                     .ping::<Value>(None)
                     .await
-                    .map_err(|e| format!("ping: {}", e.details()))?;
+                    .map_err(|e| format!("liveness probe: ping: {}", e.details()))?;
                 if let Some(p) = publisher {
                     p.publish::<Value, _, _>(channel, payload)
                         .await
-                        .map_err(|e| format!("canary publish: {}", e.details()))?;
+                        .map_err(|e| format!("liveness probe: canary publish: {}", e.details()))?;
                 }
                 Ok(())
             }
@@ -475,11 +474,33 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Full jitter on the upper half: a delay in [d/2, d].
-fn jitter(d: Duration) -> Duration {
-    let half = d / 2;
-    let extra = random_u64() % (half.as_millis() as u64 + 1);
-    half + Duration::from_millis(extra)
+/// Capped exponential backoff with jitter: each delay is drawn from
+/// [d/2, d] where d doubles from [`BACKOFF_MIN`] up to [`BACKOFF_MAX`], so
+/// many relays restarting together do not reconnect in lockstep.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: BACKOFF_MIN }
+    }
+}
+
+impl Backoff {
+    /// The un-jittered delay the next call is based on.
+    pub fn current(&self) -> Duration {
+        self.next
+    }
+
+    /// The delay to sleep now; doubles the base for next time.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let half = d / 2;
+        half + Duration::from_millis(random_u64() % (half.as_millis() as u64 + 1))
+    }
 }
 
 /// A random number from the std hasher's per-process keys; enough for jitter
@@ -495,4 +516,33 @@ pub fn random_u64() -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let mut b = Backoff::default();
+        let mut bases = Vec::new();
+        for _ in 0..20 {
+            let base = b.current();
+            let d = b.next_delay();
+            assert!(
+                d >= base / 2 && d <= base,
+                "{d:?} outside [{:?}, {base:?}]",
+                base / 2
+            );
+            bases.push(base);
+        }
+        assert_eq!(bases[0], BACKOFF_MIN);
+        assert_eq!(bases[1], BACKOFF_MIN * 2);
+        assert_eq!(*bases.last().unwrap(), BACKOFF_MAX);
+        assert!(bases.iter().all(|d| *d <= BACKOFF_MAX));
+        let draws: std::collections::HashSet<Duration> = (0..20)
+            .map(|_| Backoff { next: BACKOFF_MAX }.next_delay())
+            .collect();
+        assert!(draws.len() > 1, "jitter must vary");
+    }
 }
