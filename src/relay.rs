@@ -74,6 +74,23 @@ impl State {
     }
 }
 
+/// Accept backlog: tokio's default (1024) overflows when thousands of
+/// clients reconnect at once (e.g. after a relay restart); the kernel caps
+/// it at `net.core.somaxconn` anyway.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // Restarting on the same port must not wait out TIME_WAIT sockets.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// A relay with its listeners bound, ready to [`run`](Relay::run).
 pub struct Relay {
     listeners: Vec<(TcpListener, SocketAddr)>,
@@ -87,9 +104,8 @@ impl Relay {
     pub async fn bind(config: Config) -> Result<Relay, StartError> {
         let mut listeners = Vec::new();
         for addr in config.effective_listeners() {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { addr, source })?;
+            let listener =
+                bind_listener(addr).map_err(|source| StartError::Bind { addr, source })?;
             let local = listener
                 .local_addr()
                 .map_err(|source| StartError::Bind { addr, source })?;

@@ -32,9 +32,13 @@ use crate::router::Ingest;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Reconnect delays never exceed this (before jitter).
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// fred's broadcast buffer between its socket reader and us. Large, so a
+/// fred's broadcast buffer between its socket reader and us: roomy, so a
 /// burst never makes the reader lag (a lag loses messages: see `Lagged`).
-const BROADCAST_CAPACITY: usize = 1 << 16;
+/// fred allocates every slot of each of its broadcast channels up front,
+/// so this costs memory whether used or not; only the subscriber gets it.
+const BROADCAST_CAPACITY: usize = 4096;
+/// Broadcast capacity of the canary publisher, which receives nothing.
+const PUBLISHER_CAPACITY: usize = 16;
 /// While Redis stays down, repeat the warning at most this often.
 const DOWN_LOG_EVERY: Duration = Duration::from_secs(60);
 /// At most one "invalid payload" warning per this interval.
@@ -167,7 +171,7 @@ impl Source {
         }
     }
 
-    fn builder(&self) -> Result<Builder, fred::error::Error> {
+    fn builder(&self, capacity: usize) -> Result<Builder, fred::error::Error> {
         let timeout = self.probe_timeout();
         let mut builder = Builder::from_config(FredConfig::from_url(&self.redis.url)?);
         builder
@@ -179,7 +183,7 @@ impl Source {
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = timeout;
-                p.broadcast_channel_capacity = BROADCAST_CAPACITY;
+                p.broadcast_channel_capacity = capacity;
             });
         Ok(builder)
     }
@@ -189,11 +193,16 @@ impl Source {
         let lost = |why: String| End::Lost { was_up: false, why };
         let timeout = self.probe_timeout();
         let liveness = self.redis.liveness_interval_ms > 0;
-        let (subscriber, publisher) = match self.builder().and_then(|b| {
+        let clients = self.builder(BROADCAST_CAPACITY).and_then(|b| {
             let sub = b.build_subscriber_client()?;
-            let publ = if liveness { Some(b.build()?) } else { None };
+            let publ = match liveness {
+                // The publisher never receives pub/sub messages.
+                true => Some(self.builder(PUBLISHER_CAPACITY)?.build()?),
+                false => None,
+            };
             Ok((sub, publ))
-        }) {
+        });
+        let (subscriber, publisher) = match clients {
             Ok(c) => c,
             Err(e) => return lost(format!("client setup: {}", e.details())),
         };
