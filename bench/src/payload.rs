@@ -1,0 +1,167 @@
+//! Event payloads: built by the publisher, recognised cheaply by the receivers.
+//!
+//! Every payload is a JSON object whose first keys are at fixed, easily found
+//! places, so a receiver never needs a JSON parser:
+//!
+//! ```text
+//! {"seq":123,"ts":456789,"agentId":"a17","pad":"xxxx…"}   routed / firehose event
+//! {"seq":1,"ts":456789,"bcast":1,"pad":"xxxx…"}             broadcast (no agentId)
+//! ```
+//!
+//! `seq` is per agent (1, 2, 3… for each agentId) and, for broadcasts, the
+//! broadcast's id. `ts` is nanoseconds since the process's monotonic base
+//! ([`now_ns`]); publisher and receivers live in the same process. The `pad`
+//! string brings the payload to the requested size. JSON.parse + stringify
+//! (the Socket.IO peer) keeps key order and these integers exactly.
+
+use std::io::Write;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+static BASE: OnceLock<Instant> = OnceLock::new();
+
+/// Nanoseconds since the process's monotonic base.
+pub fn now_ns() -> u64 {
+    let base = BASE.get_or_init(Instant::now);
+    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Who an event is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// Agent index `k` (agentId `a<k>`).
+    Agent(u32),
+    /// No agentId: a global event every client receives.
+    Broadcast,
+}
+
+/// What a receiver extracts from a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ev {
+    pub seq: u64,
+    pub ts: u64,
+    pub dest: Dest,
+}
+
+/// Appends one payload of (at least) `size` bytes to `out`.
+pub fn write_payload(out: &mut Vec<u8>, dest: Dest, seq: u64, ts: u64, size: usize) {
+    let start = out.len();
+    // Writing into a Vec cannot fail.
+    let _ = match dest {
+        Dest::Agent(a) => write!(
+            out,
+            "{{\"seq\":{seq},\"ts\":{ts},\"agentId\":\"a{a}\",\"pad\":\""
+        ),
+        Dest::Broadcast => write!(out, "{{\"seq\":{seq},\"ts\":{ts},\"bcast\":1,\"pad\":\""),
+    };
+    let used = out.len() - start + 2; // + closing `"}`
+    let pad = size.saturating_sub(used);
+    out.resize(out.len() + pad, b'x');
+    out.extend_from_slice(b"\"}");
+}
+
+/// The payload length `write_payload` would produce (needed up front for the
+/// RESP bulk-string header).
+pub fn payload_len(dest: Dest, seq: u64, ts: u64, size: usize) -> usize {
+    let fixed = match dest {
+        // {"seq": , "ts": , "agentId":"a ", "pad":" "}
+        Dest::Agent(a) => 7 + 6 + 13 + 9 + 2 + digits(u64::from(a)),
+        // {"seq": , "ts": , "bcast":1 , "pad":" "}
+        Dest::Broadcast => 7 + 6 + 10 + 8 + 2,
+    } + digits(seq)
+        + digits(ts);
+    fixed.max(size)
+}
+
+fn digits(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 10 {
+        v /= 10;
+        n += 1;
+    }
+    n
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_u64(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v: u64 = 0;
+    let mut n = 0;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            break;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+        n += 1;
+    }
+    (n > 0).then_some((v, n))
+}
+
+/// Finds our payload in a frame (any envelope: studio, Socket.IO, ws, raw
+/// RESP payload) and extracts seq, ts and destination. `None` for anything
+/// else (welcome, gap, pings…). Only the first 512 bytes are searched: every
+/// envelope puts the payload well within that.
+pub fn parse_event(frame: &[u8]) -> Option<Ev> {
+    const KEY: &[u8] = b"{\"seq\":";
+    let head = &frame[..frame.len().min(512)];
+    let mut p = find(head, KEY)? + KEY.len();
+    let (seq, n) = parse_u64(frame.get(p..)?)?;
+    p += n;
+    let rest = frame.get(p..)?;
+    if !rest.starts_with(b",\"ts\":") {
+        return None;
+    }
+    p += 6;
+    let (ts, n) = parse_u64(frame.get(p..)?)?;
+    p += n;
+    let rest = frame.get(p..)?;
+    let dest = if let Some(r) = rest.strip_prefix(b",\"agentId\":\"a") {
+        let (a, _) = parse_u64(r)?;
+        Dest::Agent(u32::try_from(a).ok()?)
+    } else if rest.starts_with(b",\"bcast\":1") {
+        Dest::Broadcast
+    } else {
+        return None;
+    };
+    Some(Ev { seq, ts, dest })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_in_every_envelope() {
+        for dest in [Dest::Agent(17), Dest::Broadcast] {
+            for size in [0, 10, 100, 1024] {
+                let mut p = Vec::new();
+                write_payload(&mut p, dest, 123, 9_876_543_210, size);
+                assert_eq!(p.len(), payload_len(dest, 123, 9_876_543_210, size));
+                assert!(p.len() >= size);
+                let v: serde_json::Value = serde_json::from_slice(&p).expect("valid JSON");
+                assert_eq!(v["seq"], 123);
+                let ev = Ev {
+                    seq: 123,
+                    ts: 9_876_543_210,
+                    dest,
+                };
+                assert_eq!(parse_event(&p), Some(ev));
+                let s = String::from_utf8(p).expect("utf8");
+                let studio = format!(r#"{{"type":"event","event":"bench","data":{s}}}"#);
+                let sio = format!(r#"42["bench",{s}]"#);
+                let ws = format!(r#"{{"event":"bench","data":{s}}}"#);
+                for f in [studio, sio, ws] {
+                    assert_eq!(parse_event(f.as_bytes()), Some(ev));
+                }
+            }
+        }
+        assert_eq!(
+            parse_event(br#"{"type":"welcome","connectionId":"x"}"#),
+            None
+        );
+        assert_eq!(parse_event(br#"{"seq":1,"ts":x}"#), None);
+        assert_eq!(parse_event(b""), None);
+    }
+}
