@@ -322,3 +322,88 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    const FIELDS: [&str; 3] = ["agentId", "sessionId", "k"];
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "[a-zA-Z0-9 \"\\\\\u{e9}\u{1}\n]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec(
+                    (
+                        prop::sample::select(vec!["agentId", "sessionId", "k", "x", "a\"b"]),
+                        inner
+                    ),
+                    0..6
+                )
+                .prop_map(|kv| Value::Object(
+                    kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+                )),
+            ]
+        })
+    }
+
+    /// What SPEC §9 says the routing value of `v` is, computed with serde_json.
+    fn expected(v: &Value, field: &str) -> Option<String> {
+        match v.as_object()?.get(field)? {
+            Value::String(s) => Some(s.clone()),
+            n @ Value::Number(_) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn extraction_agrees_with_serde_json(v in json_value(), pretty in any::<bool>()) {
+            let text = if pretty { serde_json::to_string_pretty(&v).unwrap() } else { v.to_string() };
+            let got = extract(&text, &FIELDS);
+            match (&v, &got) {
+                (Value::Object(_), Routing::Object(values)) => {
+                    for (i, f) in FIELDS.iter().enumerate() {
+                        prop_assert_eq!(values[i].as_deref().map(str::to_owned), expected(&v, f));
+                    }
+                }
+                (Value::Object(_), other) => prop_assert!(false, "object read as {:?}", other),
+                (_, Routing::NotObject) => {}
+                (_, other) => prop_assert!(false, "{} read as {:?}", text, other),
+            }
+            // The frame built around it is valid JSON with data equal to the payload.
+            let fields: Vec<Arc<str>> = FIELDS.iter().map(|f| Arc::from(*f)).collect();
+            let e = build("ev", &text, &fields, Instant::now());
+            let frame: Value = serde_json::from_str(e.frame.as_str()).unwrap();
+            // Compared with the text re-parsed: serde_json's float parsing is
+            // not exact, the splice is (it copies the text).
+            let reparsed: Value = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(&frame["data"], &reparsed);
+            let data_at = e.frame.as_str().find(",\"data\":").unwrap() + 8;
+            prop_assert_eq!(&e.frame.as_str()[data_at..e.frame.len() - 1], text.trim());
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics_and_frames_stay_valid(s in "\\PC{0,64}|[\\[\\]{}\":,0-9a-z\\\\ ]{0,64}") {
+            let fields: Vec<Arc<str>> = FIELDS.iter().map(|f| Arc::from(*f)).collect();
+            let e = build("ev", &s, &fields, Instant::now());
+            let frame: Value = serde_json::from_str(e.frame.as_str()).unwrap();
+            prop_assert_eq!(frame["type"].as_str(), Some("event"));
+            let parsed = serde_json::from_str::<Value>(s.trim_matches([' ', '\t', '\n', '\r']));
+            prop_assert_eq!(e.not_json, parsed.is_err());
+        }
+    }
+}

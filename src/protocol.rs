@@ -471,3 +471,27 @@ mod tests {
         assert_eq!(v["data"], "hi \"there\"\n\u{1}é");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any text gets a defined answer: a frame, or an error with a code.
+        #[test]
+        fn client_frames_never_panic(s in "\\PC{0,80}|[\\[\\]{}\":,0-9a-z\\\\ ]{0,80}|\\{\"type\":\"(sub|unsub)scribe\",\"(agentId|all|x)\":[\\[\\]{}\":,0-9a-z ]{0,30}\\}") {
+            let fields = vec!["agentId".to_string(), "sessionId".to_string()];
+            match parse_client_frame(&s, &fields) {
+                Ok(ClientFrame::Subscribe(c)) | Ok(ClientFrame::Unsubscribe(c)) => {
+                    prop_assert!(c.all || !c.keys.is_empty());
+                    prop_assert!(c.keys.iter().all(|(f, v)| fields.contains(f) && !v.is_empty()));
+                }
+                Ok(ClientFrame::Ping) => {}
+                Err(e) => prop_assert!(!e.message.is_empty()),
+            }
+        }
+    }
+}
