@@ -23,15 +23,17 @@ use crate::config::Config;
 use crate::metrics::ListenerLabel;
 use crate::protocol::{self, ClientFrame, ErrorCode, FrameError};
 use crate::relay::State;
-use crate::router::{self, Command, ConnId, Outbound, QueueRx};
+use crate::router::{self, Command, ConnId, Outbound, QueueRx, Signal};
 
 /// Frames taken from the queue per socket write.
 const WRITE_BATCH: usize = 64;
 /// How long to wait for the client's close reply once ours is sent.
 const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
-/// tungstenite's read buffer: client messages are small, and the 128 KiB
-/// default would cost 12 GiB at 100k connections.
-const READ_BUFFER: usize = 4096;
+/// tungstenite's read buffer. Client messages are small (4 KiB by default),
+/// larger frames get a buffer sized to the frame once its header is read,
+/// and tungstenite zero-fills this much on every read attempt — so it is
+/// small: the 128 KiB default would also cost 12 GiB at 100k connections.
+const READ_BUFFER: usize = 1024;
 /// Bytes collected before tungstenite writes to the socket; `flush` sends
 /// the rest, so a batch leaves in a few syscalls.
 const WRITE_BUFFER: usize = 16 * 1024;
@@ -196,35 +198,47 @@ struct Conn {
 
 impl Conn {
     async fn serve(&mut self) -> Exit {
-        let mut live = self.state.live.clone();
-        let mut live_open = true;
         let shared = self.queue.shared().clone();
-        let shutdown = self.state.shutdown.clone();
         let limits = self.state.config().limits.clone();
         let ping_every = Duration::from_millis(limits.ping_interval_ms);
         let idle = Duration::from_millis(limits.idle_timeout_ms);
-        let mut next_ping = Instant::now() + ping_every;
-        let mut last_seen = Instant::now();
+        // Timers live across loop turns and are reset, not re-created: a
+        // wakeup per event must not cost two timer-wheel insertions.
+        let ping = tokio::time::sleep(ping_every);
+        let idle_deadline = tokio::time::sleep(idle);
+        tokio::pin!(ping, idle_deadline);
         loop {
             tokio::select! {
                 biased;
-                code = shared.kicked() => {
-                    return Exit::Close(code, match code {
-                        protocol::CLOSE_SLOW => "slow consumer",
-                        _ => "closed by relay",
-                    });
-                }
-                _ = shutdown.cancelled() => return self.drain_for_shutdown().await,
+                signal = shared.next_signal() => match signal {
+                    Signal::Close(code) => {
+                        return Exit::Close(code, match code {
+                            protocol::CLOSE_SLOW => "slow consumer",
+                            _ => "closed by relay",
+                        });
+                    }
+                    Signal::Shutdown => return self.drain_for_shutdown().await,
+                    Signal::Reload => {
+                        let config = self.state.config();
+                        if !access::token_allowed(self.token.as_deref(), &config.auth.tokens) {
+                            tracing::info!("token no longer valid after reload; closing with 1008");
+                            return Exit::Close(protocol::CLOSE_POLICY, "token revoked");
+                        }
+                    }
+                },
                 n = self.queue.recv_many(&mut self.buf, WRITE_BATCH) => {
                     if n == 0 {
-                        return Exit::Close(protocol::CLOSE_GOING_AWAY, "relay shutting down");
+                        // The hub is gone: the relay is shutting down.
+                        return self.drain_for_shutdown().await;
                     }
                     if let Err(exit) = self.write_batch().await {
                         return exit;
                     }
                 }
                 msg = self.ws.next() => {
-                    last_seen = Instant::now();
+                    if !idle.is_zero() {
+                        idle_deadline.as_mut().reset(Instant::now() + idle);
+                    }
                     match msg {
                         None => return Exit::Gone,
                         Some(Ok(msg)) => {
@@ -235,25 +249,14 @@ impl Conn {
                         Some(Err(e)) => return read_error(e),
                     }
                 }
-                _ = tokio::time::sleep_until(next_ping), if !ping_every.is_zero() => {
-                    next_ping = Instant::now() + ping_every;
+                _ = &mut ping, if !ping_every.is_zero() => {
+                    ping.as_mut().reset(Instant::now() + ping_every);
                     if self.send_now(Message::Ping(Default::default())).await.is_err() {
                         return Exit::Gone;
                     }
                 }
-                _ = tokio::time::sleep_until(last_seen + idle), if !idle.is_zero() => {
+                _ = &mut idle_deadline, if !idle.is_zero() => {
                     return Exit::Close(protocol::CLOSE_IDLE, "idle timeout");
-                }
-                changed = live.changed(), if live_open => {
-                    if changed.is_err() {
-                        live_open = false;
-                        continue;
-                    }
-                    let config = live.borrow_and_update().clone();
-                    if !access::token_allowed(self.token.as_deref(), &config.auth.tokens) {
-                        tracing::info!("token no longer valid after reload; closing with 1008");
-                        return Exit::Close(protocol::CLOSE_POLICY, "token revoked");
-                    }
                 }
             }
         }

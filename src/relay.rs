@@ -155,7 +155,7 @@ impl Relay {
 
         let core = TaskTracker::new();
         let hub = Hub::new(self.metrics.clone());
-        core.spawn(hub.run(commands, ingest_rx, shutdown.clone()));
+        core.spawn(hub.run(commands, ingest_rx, self.live_tx.subscribe(), shutdown.clone()));
         let source = Source::new(
             self.live_tx.subscribe(),
             ingest_tx,

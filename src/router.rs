@@ -9,14 +9,15 @@
 //! construction, as does per-connection Redis order.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::protocol::{self, GapReason};
@@ -38,13 +39,31 @@ pub struct Outbound {
     pub received: Option<Instant>,
 }
 
-/// State both ends of a connection queue see.
+/// State both ends of a connection queue see, and the connection's one
+/// control channel: close requests, shutdown and reload all arrive through
+/// this per-connection `Notify`, so a connection's wakeups never touch a
+/// lock shared with every other connection.
 #[derive(Debug, Default)]
 pub struct ConnShared {
     queued_bytes: AtomicUsize,
     close: AtomicU16,
-    kicked: Notify,
+    flags: AtomicU8,
+    signal: Notify,
 }
+
+/// A control event for a connection, most urgent first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Close with this code now (slow consumer, …).
+    Close(u16),
+    /// The relay is shutting down: drain and close with 1001.
+    Shutdown,
+    /// The config was reloaded: re-check what may have been revoked.
+    Reload,
+}
+
+const FLAG_SHUTDOWN: u8 = 1;
+const FLAG_RELOAD: u8 = 2;
 
 impl ConnShared {
     /// Asks the connection to close with `code`; the first request wins.
@@ -52,16 +71,36 @@ impl ConnShared {
         let _ = self
             .close
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        self.kicked.notify_one();
+        self.signal.notify_one();
     }
 
-    /// Resolves once [`kick`](Self::kick) was called; returns the close code.
-    pub async fn kicked(&self) -> u16 {
+    fn raise(&self, flag: u8) {
+        self.flags.fetch_or(flag, Ordering::AcqRel);
+        self.signal.notify_one();
+    }
+
+    /// Waits for the next control event.
+    pub async fn next_signal(&self) -> Signal {
         loop {
-            match self.close.load(Ordering::Acquire) {
-                0 => self.kicked.notified().await,
-                code => return code,
+            if let Some(s) = self.take_signal() {
+                return s;
             }
+            self.signal.notified().await;
+        }
+    }
+
+    fn take_signal(&self) -> Option<Signal> {
+        match self.close.load(Ordering::Acquire) {
+            0 => {}
+            code => return Some(Signal::Close(code)),
+        }
+        let flags = self.flags.swap(0, Ordering::AcqRel);
+        if flags & FLAG_SHUTDOWN != 0 {
+            Some(Signal::Shutdown)
+        } else if flags & FLAG_RELOAD != 0 {
+            Some(Signal::Reload)
+        } else {
+            None
         }
     }
 }
@@ -267,19 +306,26 @@ impl Hub {
     }
 
     /// Serves commands and routes ingested events until shutdown or until
-    /// both channels close.
+    /// both channels close. Reloads of `live` and the shutdown itself are
+    /// passed on to every registered connection.
     pub async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut ingest: mpsc::Receiver<Ingest>,
+        mut live: watch::Receiver<Arc<Config>>,
         shutdown: CancellationToken,
     ) {
         let mut batch = Vec::with_capacity(INGEST_BATCH);
         let mut ingest_open = true;
+        let mut live_open = true;
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                changed = live.changed(), if live_open => match changed {
+                    Ok(()) => self.broadcast_flag(FLAG_RELOAD),
+                    Err(_) => live_open = false,
+                },
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.apply(cmd),
                     None => break,
@@ -293,6 +339,15 @@ impl Hub {
                     }
                 }
             }
+        }
+        // Connections registered from here on find the hub gone and close
+        // with 1001 themselves.
+        self.broadcast_flag(FLAG_SHUTDOWN);
+    }
+
+    fn broadcast_flag(&self, flag: u8) {
+        for entry in self.slots.iter().flatten() {
+            entry.queue.shared.raise(flag);
         }
     }
 

@@ -106,7 +106,7 @@ async fn invalid_utf8_text_frame_closes_1007() {
 async fn floods_of_pings_are_answered_in_order() {
     let redis = Redis::start().await;
     let relay = Relay::start(&redis).await;
-    let mut c = relay.client("").await;
+    let c = relay.client("").await;
     const N: usize = 5000;
     let (mut tx, mut rx) = c.ws.split();
     let writer = tokio::spawn(async move {
@@ -133,7 +133,7 @@ async fn floods_of_pings_are_answered_in_order() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    writer.await.unwrap();
+    let _sink = writer.await.unwrap();
     assert_eq!(relay.health().await.1["connections"], 1);
 }
 
