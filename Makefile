@@ -4,6 +4,9 @@ PREFIX       ?= /usr/local
 DESTDIR      ?=
 CONFIG_DIR   ?= /etc/studio-relay
 UNIT_DIR     ?= /etc/systemd/system
+# What `make install` copies; build it first (`make release`), as yourself:
+# install does not build, so `sudo make install` never runs cargo as root.
+BIN          ?= target/release/studio-relay
 REDIS_URL    ?= redis://127.0.0.1:6379
 
 .PHONY: all build release run test lint fmt demo bench bench-compare install uninstall clean
@@ -43,16 +46,19 @@ bench: release
 bench-compare: release
 	bash bench/compare.sh
 
-install: release
-	install -D -m 0755 target/release/studio-relay $(DESTDIR)$(PREFIX)/bin/studio-relay
+## Install binary, units and (unless one exists) /etc/studio-relay/relay.toml. Run `make release` first.
+install:
+	@test -x $(BIN) || { echo "no $(BIN): run 'make release' first (install does not build)"; exit 1; }
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/studio-relay
 	install -D -m 0644 systemd/studio-relay.service $(DESTDIR)$(UNIT_DIR)/studio-relay.service
 	install -D -m 0644 systemd/studio-relay.socket $(DESTDIR)$(UNIT_DIR)/studio-relay.socket
-	sed -i 's|/usr/local/bin/studio-relay|$(PREFIX)/bin/studio-relay|g' $(DESTDIR)$(UNIT_DIR)/studio-relay.service
+	sed -i 's|/usr/local/bin/studio-relay|$(PREFIX)/bin/studio-relay|g; s|/etc/studio-relay/relay.toml|$(CONFIG_DIR)/relay.toml|g' $(DESTDIR)$(UNIT_DIR)/studio-relay.service
 	@if [ -e $(DESTDIR)$(CONFIG_DIR)/relay.toml ]; then \
 		echo "keeping existing $(DESTDIR)$(CONFIG_DIR)/relay.toml"; \
 	else \
 		install -D -m 0644 relay.toml $(DESTDIR)$(CONFIG_DIR)/relay.toml; \
 	fi
+	@echo "installed; next: systemctl daemon-reload && systemctl enable --now studio-relay"
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/studio-relay

@@ -14,12 +14,14 @@
 //! - [`connection`]: one task per WebSocket client
 //! - [`metrics`]: every Prometheus metric
 //! - [`shutdown`], [`signals`], [`notify`], [`logging`]: process plumbing
-//! - [`relay`]: wiring them together
+//! - [`activation`]: systemd socket activation (inherited listeners)
+//! - [`relay`]: wiring them together, SIGHUP reload
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod activation;
 pub mod config;
 pub mod connection;
 pub mod event;

@@ -14,6 +14,11 @@ pub struct LogHandle {
 }
 
 impl LogHandle {
+    /// True when `RUST_LOG` is set: it wins over `log.level`, on reload too.
+    pub fn pinned_by_env(&self) -> bool {
+        self.env_override
+    }
+
     /// Applies a reloaded `log.level`, unless `RUST_LOG` pins it.
     pub fn set_level(&self, level: &str) -> Result<(), String> {
         if self.env_override {
@@ -23,6 +28,18 @@ impl LogHandle {
             .parse(level)
             .map_err(|e| e.to_string())?;
         self.filter.reload(filter).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+impl LogHandle {
+    /// A handle to a filter that is not installed (unit tests).
+    pub(crate) fn detached(level: &str) -> LogHandle {
+        let (_layer, filter) = reload::Layer::<EnvFilter, Registry>::new(EnvFilter::new(level));
+        LogHandle {
+            filter,
+            env_override: false,
+        }
     }
 }
 

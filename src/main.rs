@@ -1,19 +1,27 @@
 //! `studio-relay [--config PATH] [--check]`: CLI, logging, runtime, exit codes.
 
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use studio_relay::config::{self, ConfigSource};
 use studio_relay::relay::{Relay, Reloader};
 use studio_relay::shutdown::CancellationToken;
-use studio_relay::{logging, notify, signals};
+use studio_relay::{activation, logging, notify, signals};
 
 /// Exit code for a bad configuration (SPEC §2).
 const EXIT_BAD_CONFIG: u8 = 2;
 /// Exit code for any other fatal error.
 const EXIT_FATAL: u8 = 1;
+/// How long runtime teardown may wait for blocking tasks (DNS lookups)
+/// after the drain, so exit stays within `shutdown_grace_ms`.
+const TEARDOWN: Duration = Duration::from_millis(100);
+
+type Inherited = Vec<(std::net::TcpListener, SocketAddr)>;
 
 /// Redis pattern subscription -> routed WebSocket fan-out.
 #[derive(Parser, Debug)]
@@ -35,6 +43,8 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_BAD_CONFIG } else { 0 });
         }
     };
+    // Before anything else opens a file: see `inherited_listeners`.
+    let inherited = (!cli.check).then(inherited_listeners);
     let env_path = std::env::var("STUDIO_RELAY_CONFIG").ok();
     let redis_url = std::env::var("REDIS_URL").ok();
     let loaded = match config::resolve_path(cli.config.as_deref(), env_path.as_deref())
@@ -55,22 +65,61 @@ fn main() -> ExitCode {
     }
 
     let log = logging::init(&loaded.config.log);
-    match run(loaded, log) {
+    let result = inherited
+        .unwrap_or(Ok(Vec::new()))
+        .and_then(|inherited| run(loaded, inherited, log));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("fatal: {e:#}");
-            eprintln!("studio-relay: {e:#}");
+            // Say it even when log.level filters errors out; with errors
+            // logged, a second plain line would break JSON-only stderr.
+            if !tracing::enabled!(tracing::Level::ERROR) {
+                eprintln!("studio-relay: {e:#}");
+            }
             ExitCode::from(EXIT_FATAL)
         }
     }
 }
 
-fn run(loaded: config::Loaded, log: logging::LogHandle) -> anyhow::Result<()> {
+/// Sockets passed by systemd socket activation (`LISTEN_FDS`, for this
+/// process per `LISTEN_PID`), checked to be listening TCP sockets. Empty
+/// when not socket-activated.
+fn inherited_listeners() -> anyhow::Result<Inherited> {
+    let fds: Vec<_> = sd_notify::listen_fds()
+        .context("invalid LISTEN_FDS/LISTEN_PID")?
+        .collect();
+    let owned: Vec<(OwnedFd, i32)> = fds
+        .into_iter()
+        .map(|raw| {
+            // SAFETY: `listen_fds` yields 3..3+LISTEN_FDS only when
+            // LISTEN_PID names this process, i.e. the service manager opened
+            // these fds for us (and it already checked each is open by
+            // setting FD_CLOEXEC on it). Nothing else in the process owns or
+            // closes them: this runs once, first thing in `main`, before any
+            // file is opened (so the numbers cannot have been reused), and
+            // each fd is wrapped exactly once. This is the crate's only
+            // `unsafe`; the library is `#![forbid(unsafe_code)]`.
+            (unsafe { OwnedFd::from_raw_fd(raw) }, raw)
+        })
+        .collect();
+    let mut listeners = Vec::with_capacity(owned.len());
+    for (fd, raw) in owned {
+        listeners.push(activation::tcp_listener(fd, raw)?);
+    }
+    Ok(listeners)
+}
+
+fn run(
+    loaded: config::Loaded,
+    inherited: Inherited,
+    log: logging::LogHandle,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let config::Loaded { config, source, warnings } = loaded;
         tracing::info!(version = studio_relay::VERSION, config = %source, summary = %config.summary(), "starting");
         if source == ConfigSource::Defaults {
@@ -79,11 +128,13 @@ fn run(loaded: config::Loaded, log: logging::LogHandle) -> anyhow::Result<()> {
         for w in &warnings {
             tracing::warn!("{w}");
         }
-        let relay = Relay::bind(config).await?;
+        let relay = Relay::bind_activated(config, inherited).await?;
         let shutdown = CancellationToken::new();
         let reloader = Reloader::new(source, relay.config_sender(), log);
         let signals = signals::install().context("cannot install signal handlers")?;
-        tokio::spawn(signals::handle(signals, shutdown.clone(), move || reloader.reload()));
+        tokio::spawn(signals::handle(signals, shutdown.clone(), move || {
+            reloader.reload();
+        }));
         tokio::spawn(notify::watchdog(shutdown.clone()));
         let addrs: Vec<String> = relay.local_addrs().iter().map(ToString::to_string).collect();
         notify::ready(&format!("listening on {}", addrs.join(", ")));
@@ -93,7 +144,9 @@ fn run(loaded: config::Loaded, log: logging::LogHandle) -> anyhow::Result<()> {
             notify::stopping();
         });
         relay.run(shutdown).await;
-        tracing::info!("stopped");
+        tracing::info!(version = studio_relay::VERSION, "stopped");
         Ok(())
-    })
+    });
+    runtime.shutdown_timeout(TEARDOWN);
+    result
 }

@@ -14,7 +14,10 @@ pub fn ready(status: &str) {
 
 /// Tells the service manager the drain has begun.
 pub fn stopping() {
-    send(&[NotifyState::Stopping]);
+    send(&[
+        NotifyState::Stopping,
+        NotifyState::Status("draining connections"),
+    ]);
 }
 
 /// Announces a reload; systemd ≥ 253 needs MONOTONIC_USEC with it.

@@ -21,8 +21,6 @@ use crate::source::{self, RedisHealth, Source};
 
 /// Buffer between the Redis source and the hub, in events.
 const INGEST_QUEUE: usize = 8192;
-/// Extra time past the drain grace for tasks to notice and finish.
-const SHUTDOWN_SLACK: Duration = Duration::from_millis(500);
 
 /// Failure to start.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +29,14 @@ pub enum StartError {
     #[error("cannot bind listener {addr}: {source}")]
     Bind {
         /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An inherited socket could not be set up for the runtime.
+    #[error("cannot use the socket passed for {addr}: {source}")]
+    Inherited {
+        /// The socket's address.
         addr: SocketAddr,
         /// The OS error.
         source: std::io::Error,
@@ -114,6 +120,44 @@ impl Relay {
         Ok(Relay::with_listeners(config, listeners))
     }
 
+    /// Like [`bind`](Relay::bind), but a configured listener whose address
+    /// matches a socket passed by the service manager uses that socket
+    /// instead of binding (see [`activation::plan`](crate::activation::plan)).
+    /// Must run inside the runtime.
+    pub async fn bind_activated(
+        config: Config,
+        inherited: Vec<(std::net::TcpListener, SocketAddr)>,
+    ) -> Result<Relay, StartError> {
+        if inherited.is_empty() {
+            return Relay::bind(config).await;
+        }
+        let configured = config.effective_listeners();
+        let explicit = !config.listeners.is_empty();
+        let plan = crate::activation::plan(&configured, explicit, inherited);
+        let mut listeners = Vec::new();
+        for (std_listener, addr) in plan.inherited {
+            let tokio_listener = std_listener
+                .set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(std_listener))
+                .map_err(|source| StartError::Inherited { addr, source })?;
+            if plan.unconfigured.contains(&addr) {
+                tracing::warn!(addr = %addr, "socket passed by systemd is not in [[listeners]]; serving it anyway");
+            } else {
+                tracing::info!(addr = %addr, "using socket passed by systemd");
+            }
+            listeners.push((tokio_listener, addr));
+        }
+        for addr in plan.bind {
+            let listener =
+                bind_listener(addr).map_err(|source| StartError::Bind { addr, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            listeners.push((listener, local));
+        }
+        Ok(Relay::with_listeners(config, listeners))
+    }
+
     /// Uses already-bound listeners (socket activation, tests).
     pub fn with_listeners(config: Config, listeners: Vec<(TcpListener, SocketAddr)>) -> Relay {
         let (live_tx, _) = watch::channel(Arc::new(config));
@@ -137,7 +181,6 @@ impl Relay {
     /// Runs until `shutdown` is cancelled, then drains: connections flush
     /// what is queued and close with 1001 within `shutdown_grace_ms`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let config = self.live_tx.borrow().clone();
         let (hub_handle, commands) = Hub::channel();
         let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_QUEUE);
         let redis = Arc::new(RedisHealth::default());
@@ -155,7 +198,12 @@ impl Relay {
 
         let core = TaskTracker::new();
         let hub = Hub::new(self.metrics.clone());
-        core.spawn(hub.run(commands, ingest_rx, self.live_tx.subscribe(), shutdown.clone()));
+        core.spawn(hub.run(
+            commands,
+            ingest_rx,
+            self.live_tx.subscribe(),
+            shutdown.clone(),
+        ));
         let source = Source::new(
             self.live_tx.subscribe(),
             ingest_tx,
@@ -172,14 +220,18 @@ impl Relay {
         core.close();
 
         shutdown.cancelled().await;
-        let grace = Duration::from_millis(config.limits.shutdown_grace_ms);
+        // The grace as of now: a reload may have changed it.
+        let grace = Duration::from_millis(state.config().limits.shutdown_grace_ms);
         tracing::info!(
             connections = state.open.load(Ordering::Acquire),
             grace_ms = grace.as_millis() as u64,
             "shutting down: draining connections"
         );
         state.tasks.close();
-        let drained = tokio::time::timeout(grace + SHUTDOWN_SLACK, async {
+        // One deadline for everything: connections flush, spread their
+        // closes and get their close replies within it; whatever is still
+        // running then is dropped, so the process exits within the grace.
+        let drained = tokio::time::timeout(grace, async {
             state.tasks.wait().await;
             core.wait().await;
         })
@@ -193,8 +245,23 @@ impl Relay {
     }
 }
 
-/// Re-reads the config file on SIGHUP: validate, then swap. Keys that need
-/// a restart (listeners, redis) keep their running values and are logged.
+/// What one reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The new config is live; these changed keys wait for a restart.
+    Applied {
+        /// Dotted keys (`listeners`, `redis`, `log.format`) kept at their running values.
+        restart_needed: Vec<&'static str>,
+    },
+    /// The file was invalid; the running config is unchanged.
+    Rejected(String),
+}
+
+/// Re-reads the config file on SIGHUP: validate, then swap. Tokens, origins,
+/// limits, routing and the log level apply at once (open connections whose
+/// token is no longer valid are closed with 1008); listeners, `[redis]`
+/// and `log.format` keep their running values until a restart, and saying so
+/// is logged. An invalid file is logged and changes nothing.
 pub struct Reloader {
     source: crate::config::ConfigSource,
     live: watch::Sender<Arc<Config>>,
@@ -211,35 +278,146 @@ impl Reloader {
         Reloader { source, live, log }
     }
 
-    /// Performs one reload; a bad file is logged and the running config kept.
-    pub fn reload(&self) {
+    /// Performs one reload between `RELOADING=1` and `READY=1`.
+    pub fn reload(&self) -> ReloadOutcome {
         crate::notify::reloading();
+        let outcome = self.apply();
+        let status = match &outcome {
+            ReloadOutcome::Applied { restart_needed } if restart_needed.is_empty() => {
+                "config reloaded".to_owned()
+            }
+            ReloadOutcome::Applied { restart_needed } => format!(
+                "config reloaded; restart needed for {}",
+                restart_needed.join(", ")
+            ),
+            ReloadOutcome::Rejected(_) => "reload failed; running config kept".to_owned(),
+        };
+        crate::notify::reloaded(&status);
+        outcome
+    }
+
+    fn apply(&self) -> ReloadOutcome {
         let redis_url = std::env::var("REDIS_URL").ok();
-        match crate::config::load(&self.source, redis_url.as_deref()) {
-            Err(e) => tracing::error!(error = %e, "reload failed; keeping the running config"),
-            Ok(loaded) => {
-                let current = self.live.borrow().clone();
-                let mut next = loaded.config;
-                for key in current.restart_only_changes(&next) {
-                    tracing::warn!(key, "changed in the file; needs a restart to apply");
-                }
-                next.listeners = current.listeners.clone();
-                next.redis = current.redis.clone();
-                if let Err(e) = self.log.set_level(&next.log.level) {
-                    tracing::warn!(error = %e, "log level not applied");
-                }
-                if next.log.format != current.log.format {
-                    tracing::warn!(
-                        key = "log.format",
-                        "changed in the file; needs a restart to apply"
-                    );
-                    next.log.format = current.log.format;
-                }
-                let summary = next.summary();
-                self.live.send_replace(Arc::new(next));
-                tracing::info!(config = %self.source, summary = %summary, "config reloaded");
+        let loaded = match crate::config::load(&self.source, redis_url.as_deref()) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::error!(error = %e, config = %self.source, "reload failed; keeping the running config");
+                return ReloadOutcome::Rejected(e.to_string());
+            }
+        };
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
+        }
+        let current = self.live.borrow().clone();
+        let mut next = loaded.config;
+        let mut restart_needed = current.restart_only_changes(&next);
+        if next.log.format != current.log.format {
+            restart_needed.push("log.format");
+        }
+        for key in &restart_needed {
+            tracing::warn!(key, "changed in the file; needs a restart to apply");
+        }
+        next.listeners = current.listeners.clone();
+        next.redis = current.redis.clone();
+        next.log.format = current.log.format;
+
+        if next.log.level != current.log.level {
+            if self.log.pinned_by_env() {
+                tracing::info!("log.level changed in the file; RUST_LOG is set and wins");
+            } else if let Err(e) = self.log.set_level(&next.log.level) {
+                tracing::warn!(error = %e, "log level not applied");
             }
         }
-        crate::notify::reloaded("reloaded");
+        let tokens_changed = next.auth.tokens != current.auth.tokens;
+        let summary = next.summary();
+        self.live.send_replace(Arc::new(next));
+        tracing::info!(
+            version = crate::VERSION,
+            config = %self.source,
+            summary = %summary,
+            tokens_changed,
+            "config reloaded"
+        );
+        ReloadOutcome::Applied { restart_needed }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigSource;
+
+    struct File(std::path::PathBuf);
+    impl Drop for File {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn setup(text: &str) -> (File, Reloader, watch::Receiver<Arc<Config>>) {
+        let path = std::env::temp_dir().join(format!(
+            "studio-relay-reload-{}-{}.toml",
+            std::process::id(),
+            source::random_u64()
+        ));
+        std::fs::write(&path, text).unwrap();
+        let source = ConfigSource::File(path.clone());
+        let loaded = crate::config::load(&source, None).unwrap();
+        let (tx, rx) = watch::channel(Arc::new(loaded.config));
+        let log = crate::logging::LogHandle::detached("info");
+        (File(path), Reloader::new(source, tx, log), rx)
+    }
+
+    const BASE: &str = "[redis]\nurl = \"redis://127.0.0.1:1\"\n[[listeners]]\nbind = \"127.0.0.1:1\"\n[auth]\ntokens = [\"a\"]\n";
+
+    #[test]
+    fn live_keys_apply_and_restart_keys_keep_their_running_values() {
+        let (file, reloader, rx) = setup(BASE);
+        std::fs::write(
+            &file.0,
+            "[redis]\nurl = \"redis://127.0.0.1:2\"\n[[listeners]]\nbind = \"127.0.0.1:2\"\n\
+             [auth]\ntokens = [\"b\"]\n[limits]\nmax_subscriptions = 3\n\
+             [security]\nallowed_origins = [\"https://x.example\"]\n\
+             [log]\nformat = \"json\"\nlevel = \"debug\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            reloader.reload(),
+            ReloadOutcome::Applied {
+                restart_needed: vec!["listeners", "redis", "log.format"]
+            }
+        );
+        let c = rx.borrow().clone();
+        assert_eq!(c.auth.tokens, vec!["b".to_owned()]);
+        assert_eq!(c.limits.max_subscriptions, 3);
+        assert_eq!(c.security.allowed_origins.len(), 1);
+        assert_eq!(c.log.level, "debug");
+        assert_eq!(c.log.format, crate::config::LogFormat::Text);
+        assert_eq!(c.redis.url, "redis://127.0.0.1:1");
+        assert_eq!(
+            c.effective_listeners(),
+            vec!["127.0.0.1:1".parse().unwrap()]
+        );
+    }
+
+    #[test]
+    fn an_invalid_file_changes_nothing() {
+        let (file, reloader, mut rx) = setup(BASE);
+        let before = rx.borrow_and_update().clone();
+        for bad in [
+            "[auth\n",
+            "[limits]\nmax_subscriptions = \"many\"\n",
+            "[nope]\n",
+        ] {
+            std::fs::write(&file.0, bad).unwrap();
+            assert!(
+                matches!(reloader.reload(), ReloadOutcome::Rejected(_)),
+                "{bad}"
+            );
+            assert!(!rx.has_changed().unwrap());
+            assert!(Arc::ptr_eq(&before, &rx.borrow()));
+        }
+        std::fs::remove_file(&file.0).unwrap();
+        assert!(matches!(reloader.reload(), ReloadOutcome::Rejected(_)));
     }
 }

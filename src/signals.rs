@@ -16,7 +16,10 @@ pub fn install() -> std::io::Result<Signals> {
 pub async fn handle(mut signals: Signals, shutdown: CancellationToken, mut reload: impl FnMut()) {
     while let Some(signal) = signals.next().await {
         match signal {
-            SIGHUP => reload(),
+            SIGHUP => {
+                tracing::info!(signal = "SIGHUP", "reload requested");
+                reload();
+            }
             SIGTERM | SIGINT => {
                 if shutdown.is_cancelled() {
                     shutdown::force_exit();

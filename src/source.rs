@@ -36,7 +36,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// burst never makes the reader lag (a lag loses messages: see `Lagged`).
 /// fred allocates every slot of each of its broadcast channels up front,
 /// so this costs memory whether used or not; only the subscriber gets it.
-const BROADCAST_CAPACITY: usize = 4096;
+const BROADCAST_CAPACITY: usize = 16 * 1024;
 /// Broadcast capacity of the canary publisher, which receives nothing.
 const PUBLISHER_CAPACITY: usize = 16;
 /// While Redis stays down, repeat the warning at most this often.

@@ -255,6 +255,8 @@ pub struct Relay {
     pub addrs: Vec<SocketAddr>,
     pub config_path: PathBuf,
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// The config file up to (not including) its `[log]` section.
+    pub base_config: String,
     _dir: TempDir,
 }
 
@@ -268,6 +270,10 @@ pub struct RelayOpts {
     pub env: Vec<(String, String)>,
     /// Wait for /healthz 200 before returning.
     pub wait_redis: bool,
+    /// `log.level` written to the file.
+    pub log_level: String,
+    /// `log.format` written to the file ("json" or "text").
+    pub log_format: String,
 }
 
 impl Default for RelayOpts {
@@ -278,6 +284,8 @@ impl Default for RelayOpts {
             redis_extra: "liveness_interval_ms = 200\nliveness_timeout_ms = 1000\n".into(),
             env: Vec::new(),
             wait_redis: true,
+            log_level: "studio_relay=debug,info".into(),
+            log_format: "json".into(),
         }
     }
 }
@@ -297,7 +305,8 @@ impl Relay {
         for _ in 0..opts.listeners {
             toml.push_str("[[listeners]]\nbind = \"127.0.0.1:0\"\n");
         }
-        toml.push_str("[log]\nformat = \"json\"\nlevel = \"studio_relay=debug,info\"\n");
+        let base_config = toml.clone();
+        toml.push_str(&log_section(&opts.log_format, &opts.log_level));
         toml.push_str(&opts.extra);
         let config_path = dir.0.join("relay.toml");
         std::fs::write(&config_path, toml).unwrap();
@@ -322,12 +331,8 @@ impl Relay {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
-                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                        if v["message"] == "listening" {
-                            if let Some(a) = v["addr"].as_str().and_then(|a| a.parse().ok()) {
-                                let _ = tx.send(a);
-                            }
-                        }
+                    if let Some(a) = listening_addr(&line) {
+                        let _ = tx.send(a);
                     }
                     logs.lock().unwrap().push(line);
                 }
@@ -349,6 +354,7 @@ impl Relay {
             addrs,
             config_path,
             logs,
+            base_config,
             _dir: dir,
         };
         if opts.wait_redis {
@@ -430,6 +436,93 @@ impl Relay {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// Number of stderr lines so far (a cursor for [`Relay::wait_log`]).
+    pub fn log_len(&self) -> usize {
+        self.logs.lock().unwrap().len()
+    }
+
+    /// Waits for a JSON log line at index `from` or later whose `message`
+    /// starts with `message`; returns it.
+    pub async fn wait_log(&self, from: usize, message: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found = {
+                let logs = self.logs.lock().unwrap();
+                logs[from.min(logs.len())..]
+                    .iter()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .find(|v| {
+                        v["message"]
+                            .as_str()
+                            .is_some_and(|m| m.starts_with(message))
+                    })
+            };
+            if let Some(v) = found {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("no log line {message:?}; logs:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Rewrites the config file (same `[redis]` and listeners, the given log
+    /// level and extra sections, JSON logs) and sends SIGHUP; returns the
+    /// reload's outcome line ("config reloaded" or "reload failed…").
+    pub async fn reload(&self, log_level: &str, extra: &str) -> Value {
+        let text = format!(
+            "{}{}{extra}",
+            self.base_config,
+            log_section("json", log_level)
+        );
+        self.reload_raw(&text).await
+    }
+
+    /// Writes `text` as the config file verbatim, SIGHUP, waits for the outcome line.
+    pub async fn reload_raw(&self, text: &str) -> Value {
+        std::fs::write(&self.config_path, text).unwrap();
+        let from = self.log_len();
+        self.signal("HUP");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found = {
+                let logs = self.logs.lock().unwrap();
+                logs[from..]
+                    .iter()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .find(|v| {
+                        let m = v["message"].as_str().unwrap_or("");
+                        m == "config reloaded" || m.starts_with("reload failed")
+                    })
+            };
+            if let Some(v) = found {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("no reload outcome; logs:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Async wait for the process to exit; returns its exit code (None:
+    /// still running at the deadline, or killed by a signal).
+    pub async fn exited(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn client(&self, query: &str) -> Client {
         Client::connect(self.addr(), query).await
     }
@@ -442,6 +535,22 @@ impl Drop for Relay {
             let _ = c.wait();
         }
     }
+}
+
+fn log_section(format: &str, level: &str) -> String {
+    format!("[log]\nformat = \"{format}\"\nlevel = \"{level}\"\n")
+}
+
+/// The address of a "listening" log line, JSON or text format.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    if let Ok(v) = serde_json::from_str::<Value>(line) {
+        if v["message"] == "listening" {
+            return v["addr"].as_str()?.parse().ok();
+        }
+        return None;
+    }
+    let rest = line.split_once(": listening addr=")?.1;
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 pub fn metric_value(text: &str, series: &str) -> Option<f64> {
