@@ -65,6 +65,7 @@ fn main() -> ExitCode {
     }
 
     let log = logging::init(&loaded.config.log);
+    raise_nofile(loaded.config.limits.max_connections);
     let result = inherited
         .unwrap_or(Ok(Vec::new()))
         .and_then(|inherited| run(loaded, inherited, log));
@@ -108,6 +109,26 @@ fn inherited_listeners() -> anyhow::Result<Inherited> {
         listeners.push(activation::tcp_listener(fd, raw)?);
     }
     Ok(listeners)
+}
+
+/// File descriptors per connection beyond the socket itself: none today;
+/// this margin covers listeners, Redis, logs and HTTP-only clients.
+const FD_MARGIN: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one, as daemons holding
+/// many sockets do (a shell's default of 1024 would cap the relay near a
+/// thousand clients), and warns when even that is below `max_connections`.
+fn raise_nofile(max_connections: usize) {
+    let wanted = max_connections as u64 + FD_MARGIN;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            limit,
+            max_connections,
+            "open-file limit is below max_connections; raise LimitNOFILE / ulimit -Hn"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }
 
 fn run(
