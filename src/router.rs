@@ -8,9 +8,9 @@
 //! same queue as events, so "ack, then the events it enabled" holds by
 //! construction, as does per-connection Redis order.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU16, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, watch, Notify};
@@ -45,10 +45,22 @@ pub struct Outbound {
 /// lock shared with every other connection.
 #[derive(Debug, Default)]
 pub struct ConnShared {
-    queued_bytes: AtomicUsize,
+    queue: Mutex<Pending>,
+    /// Raised once per hub batch that made the queue non-empty.
+    data: Notify,
     close: AtomicU16,
     flags: AtomicU8,
     signal: Notify,
+}
+
+/// The frames waiting for one connection. Behind a per-connection mutex
+/// that only the hub (push) and the connection (take) ever lock.
+#[derive(Debug, Default)]
+struct Pending {
+    items: VecDeque<Outbound>,
+    bytes: usize,
+    hub_gone: bool,
+    conn_gone: bool,
 }
 
 /// A control event for a connection, most urgent first.
@@ -103,19 +115,28 @@ impl ConnShared {
             None
         }
     }
+
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        // Nothing panics while holding this lock; if something ever did,
+        // the queue's contents are still consistent.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The hub's end of a connection queue.
 #[derive(Debug)]
 pub struct QueueTx {
-    tx: mpsc::Sender<Outbound>,
     shared: Arc<ConnShared>,
+    max_events: usize,
     max_bytes: usize,
 }
 
-/// Why an enqueue failed.
+/// Outcome of an enqueue.
 enum Enqueue {
-    Ok,
+    /// Queued; `first` means the queue was empty, so the connection needs a wake.
+    Queued {
+        first: bool,
+    },
     Slow,
     Gone,
 }
@@ -124,56 +145,69 @@ impl QueueTx {
     /// Enqueues unless the queue already holds its event or byte limit
     /// (SPEC §6: one event larger than the byte limit still gets through).
     fn push(&self, out: &Outbound) -> Enqueue {
-        let len = out.frame.len();
-        if self.shared.queued_bytes.load(Ordering::Acquire) >= self.max_bytes {
+        let mut q = self.shared.pending();
+        if q.conn_gone {
+            return Enqueue::Gone;
+        }
+        if q.items.len() >= self.max_events || q.bytes >= self.max_bytes {
             return Enqueue::Slow;
         }
-        // Add first so the consumer's subtraction can never underflow.
-        self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        match self.tx.try_send(out.clone()) {
-            Ok(()) => Enqueue::Ok,
-            Err(e) => {
-                self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                match e {
-                    mpsc::error::TrySendError::Full(_) => Enqueue::Slow,
-                    mpsc::error::TrySendError::Closed(_) => Enqueue::Gone,
-                }
-            }
-        }
+        let first = q.items.is_empty();
+        q.bytes += out.frame.len();
+        q.items.push_back(out.clone());
+        Enqueue::Queued { first }
+    }
+
+    /// Wakes the connection (once per batch that gave it frames).
+    fn wake(&self) {
+        self.shared.data.notify_one();
+    }
+}
+
+impl Drop for QueueTx {
+    fn drop(&mut self) {
+        self.shared.pending().hub_gone = true;
+        self.shared.data.notify_one();
     }
 }
 
 /// The connection's end of its queue.
 #[derive(Debug)]
 pub struct QueueRx {
-    rx: mpsc::Receiver<Outbound>,
     shared: Arc<ConnShared>,
 }
 
 impl QueueRx {
     /// Waits for frames and moves up to `limit` of them into `buf`;
-    /// returns 0 once the hub dropped the queue.
+    /// returns 0 once the hub has gone and nothing is left.
     pub async fn recv_many(&mut self, buf: &mut Vec<Outbound>, limit: usize) -> usize {
-        let n = self.rx.recv_many(buf, limit).await;
-        self.release(&buf[buf.len() - n..]);
-        n
+        loop {
+            let n = self.take(buf, limit);
+            if n > 0 || self.shared.pending().hub_gone {
+                return n;
+            }
+            self.shared.data.notified().await;
+        }
     }
 
     /// Takes whatever is queued right now, without waiting.
     pub fn drain_now(&mut self, buf: &mut Vec<Outbound>, limit: usize) {
-        let start = buf.len();
-        while buf.len() - start < limit {
-            match self.rx.try_recv() {
-                Ok(out) => buf.push(out),
-                Err(_) => break,
-            }
-        }
-        self.release(&buf[start..]);
+        self.take(buf, limit);
     }
 
-    fn release(&self, taken: &[Outbound]) {
-        let bytes: usize = taken.iter().map(|o| o.frame.len()).sum();
-        self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    fn take(&self, buf: &mut Vec<Outbound>, limit: usize) -> usize {
+        let mut guard = self.shared.pending();
+        let q = &mut *guard;
+        let n = q.items.len().min(limit);
+        for out in q.items.drain(..n) {
+            q.bytes -= out.frame.len();
+            buf.push(out);
+        }
+        // Give back a burst's buffer so idle connections stay small.
+        if q.items.is_empty() && q.items.capacity() > 64 {
+            q.items = VecDeque::new();
+        }
+        n
     }
 
     /// The state shared with the hub (close requests).
@@ -182,17 +216,24 @@ impl QueueRx {
     }
 }
 
+impl Drop for QueueRx {
+    fn drop(&mut self) {
+        let mut q = self.shared.pending();
+        q.conn_gone = true;
+        q.items.clear();
+    }
+}
+
 /// A bounded queue: at most `events` frames and about `max_bytes` bytes.
 pub fn queue(events: usize, max_bytes: usize) -> (QueueTx, QueueRx) {
-    let (tx, rx) = mpsc::channel(events.max(1));
     let shared = Arc::new(ConnShared::default());
     (
         QueueTx {
-            tx,
             shared: shared.clone(),
+            max_events: events.max(1),
             max_bytes,
         },
-        QueueRx { rx, shared },
+        QueueRx { shared },
     )
 }
 
@@ -279,8 +320,17 @@ pub struct Hub {
     firehose: HashSet<usize>,
     entries: usize,
     seq: u64,
-    kicked: Vec<usize>,
+    marks: Marks,
     metrics: Arc<Metrics>,
+}
+
+/// Slots that need attention once the current batch is routed.
+#[derive(Default)]
+struct Marks {
+    /// Queue full: close as slow.
+    kicked: Vec<usize>,
+    /// Queue went from empty to non-empty: wake the connection.
+    touched: Vec<usize>,
 }
 
 impl Hub {
@@ -294,7 +344,7 @@ impl Hub {
             firehose: HashSet::new(),
             entries: 0,
             seq: 0,
-            kicked: Vec::new(),
+            marks: Marks::default(),
             metrics,
         }
     }
@@ -339,10 +389,21 @@ impl Hub {
                     }
                 }
             }
+            // One wake per connection per batch: a connection that got
+            // several frames in this batch writes them with one syscall.
+            self.wake_touched();
         }
         // Connections registered from here on find the hub gone and close
         // with 1001 themselves.
         self.broadcast_flag(FLAG_SHUTDOWN);
+    }
+
+    fn wake_touched(&mut self) {
+        for slot in self.marks.touched.drain(..) {
+            if let Some(Some(entry)) = self.slots.get(slot) {
+                entry.queue.wake();
+            }
+        }
     }
 
     fn broadcast_flag(&self, flag: u8) {
@@ -413,7 +474,7 @@ impl Hub {
                 };
                 self.seq += 1;
                 for slot in 0..self.slots.len() {
-                    deliver(&mut self.slots, slot, &out, self.seq, &mut self.kicked);
+                    deliver(&mut self.slots, slot, &out, self.seq, &mut self.marks);
                 }
             }
         }
@@ -439,19 +500,19 @@ impl Hub {
         };
         if event.keys.is_empty() {
             for slot in 0..self.slots.len() {
-                deliver(&mut self.slots, slot, &out, seq, &mut self.kicked);
+                deliver(&mut self.slots, slot, &out, seq, &mut self.marks);
             }
             return;
         }
         for (field, value) in &event.keys {
             if let Some(set) = self.index.get(&**field).and_then(|m| m.get(&**value)) {
                 for &slot in set {
-                    deliver(&mut self.slots, slot, &out, seq, &mut self.kicked);
+                    deliver(&mut self.slots, slot, &out, seq, &mut self.marks);
                 }
             }
         }
         for &slot in &self.firehose {
-            deliver(&mut self.slots, slot, &out, seq, &mut self.kicked);
+            deliver(&mut self.slots, slot, &out, seq, &mut self.marks);
         }
     }
 
@@ -461,7 +522,7 @@ impl Hub {
             frame,
             received: None,
         };
-        deliver(&mut self.slots, slot, &out, self.seq, &mut self.kicked);
+        deliver(&mut self.slots, slot, &out, self.seq, &mut self.marks);
         self.reap_kicked();
     }
 
@@ -522,7 +583,7 @@ impl Hub {
     }
 
     fn reap_kicked(&mut self) {
-        while let Some(slot) = self.kicked.pop() {
+        while let Some(slot) = self.marks.kicked.pop() {
             self.unindex(slot);
             if let Some(Some(entry)) = self.slots.get_mut(slot) {
                 if !entry.dead {
@@ -542,13 +603,7 @@ impl Hub {
 }
 
 /// Queues `out` for `slot` once per `seq`; a full queue marks it for a kick.
-fn deliver(
-    slots: &mut [Option<Entry>],
-    slot: usize,
-    out: &Outbound,
-    seq: u64,
-    kicked: &mut Vec<usize>,
-) {
+fn deliver(slots: &mut [Option<Entry>], slot: usize, out: &Outbound, seq: u64, marks: &mut Marks) {
     let Some(Some(entry)) = slots.get_mut(slot) else {
         return;
     };
@@ -557,8 +612,9 @@ fn deliver(
     }
     entry.stamp = seq;
     match entry.queue.push(out) {
-        Enqueue::Ok | Enqueue::Gone => {}
-        Enqueue::Slow => kicked.push(slot),
+        Enqueue::Queued { first: true } => marks.touched.push(slot),
+        Enqueue::Queued { first: false } | Enqueue::Gone => {}
+        Enqueue::Slow => marks.kicked.push(slot),
     }
 }
 

@@ -254,6 +254,9 @@ async fn churn_of_2000_abrupt_clients_leaves_nothing_behind() {
                 )
                 .await;
                 i += 1;
+                // Paced (~1k events/s): events flow throughout, but the
+                // firehose clients must not be closed as slow consumers.
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             i
         })
