@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Redis, Relay, RelayOpts};
+use common::{Redis, Relay};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -11,14 +11,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 
 async fn big_relay(redis: &Redis) -> Relay {
-    Relay::start_with(
-        &redis.url(),
-        RelayOpts {
-            extra: "[limits]\nmax_client_message_bytes = 2097152\n".into(),
-            ..Default::default()
-        },
-    )
-    .await
+    Relay::with_extra(redis, "[limits]\nmax_client_message_bytes = 2097152\n").await
 }
 
 #[tokio::test]

@@ -117,15 +117,7 @@ async fn healthz_is_503_while_redis_is_down_at_boot_and_websockets_still_work() 
 #[tokio::test]
 async fn refusals_in_spec_order() {
     let redis = Redis::start().await;
-    let relay = Relay::start_with(
-        &redis.url(),
-        RelayOpts {
-            extra: "[auth]\ntokens = [\"sekret-token\", \"other\"]\n[security]\nallowed_origins = [\"https://studio.example\"]\n[limits]\nmax_connections = 1\nmax_subscriptions = 2\n"
-                .into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let relay = Relay::with_extra(&redis, "[auth]\ntokens = [\"sekret-token\", \"other\"]\n[security]\nallowed_origins = [\"https://studio.example\"]\n[limits]\nmax_connections = 1\nmax_subscriptions = 2\n").await;
     let a = relay.addr();
     let get = |path: &'static str, h: Vec<(&'static str, &'static str)>| async move {
         http(a, "GET", path, &h).await.unwrap()
@@ -200,12 +192,9 @@ async fn refusals_in_spec_order() {
 #[tokio::test]
 async fn allowed_origin_and_bearer_header_connect() {
     let redis = Redis::start().await;
-    let relay = Relay::start_with(
-        &redis.url(),
-        RelayOpts {
-            extra: "[auth]\ntokens = [\"t1\"]\n[security]\nallowed_origins = [\"https://studio.example\"]\n".into(),
-            ..Default::default()
-        },
+    let relay = Relay::with_extra(
+        &redis,
+        "[auth]\ntokens = [\"t1\"]\n[security]\nallowed_origins = [\"https://studio.example\"]\n",
     )
     .await;
     let c = common::Client::try_connect(

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, Redis, Relay, RelayOpts};
+use common::{Client, Redis, Relay};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
@@ -23,12 +23,9 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stuck_reader_is_closed_1013_while_a_reader_on_the_same_listener_gets_everything() {
     let redis = Redis::start().await;
-    let relay = Relay::start_with(
-        &redis.url(),
-        RelayOpts {
-            extra: "[limits]\nsend_queue = 64\nsend_queue_bytes = 1048576\n".into(),
-            ..Default::default()
-        },
+    let relay = Relay::with_extra(
+        &redis,
+        "[limits]\nsend_queue = 64\nsend_queue_bytes = 1048576\n",
     )
     .await;
     let mut stuck = relay.client("all=true").await;
@@ -85,14 +82,7 @@ async fn stuck_reader_is_closed_1013_while_a_reader_on_the_same_listener_gets_ev
 #[tokio::test]
 async fn message_over_the_limit_closes_1009_even_when_fragmented() {
     let redis = Redis::start().await;
-    let relay = Relay::start_with(
-        &redis.url(),
-        RelayOpts {
-            extra: "[limits]\nmax_client_message_bytes = 100\n".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let relay = Relay::with_extra(&redis, "[limits]\nmax_client_message_bytes = 100\n").await;
     let mut c = relay.client("").await;
     c.send_text(&format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(200)))
         .await;
@@ -156,14 +146,7 @@ async fn fragmented_frame_under_the_limit_is_reassembled() {
 #[tokio::test]
 async fn handshake_timeout_drops_a_silent_tcp_client() {
     let redis = Redis::start().await;
-    let relay = Relay::start_with(
-        &redis.url(),
-        RelayOpts {
-            extra: "[limits]\nhandshake_timeout_ms = 300\n".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let relay = Relay::with_extra(&redis, "[limits]\nhandshake_timeout_ms = 300\n").await;
     let mut s = tokio::net::TcpStream::connect(relay.addr()).await.unwrap();
     let mut buf = [0u8; 256];
     // The relay closes the connection: read returns (EOF or a 408) well before our bound.
@@ -180,12 +163,9 @@ async fn handshake_timeout_drops_a_silent_tcp_client() {
 #[tokio::test]
 async fn relay_pings_and_closes_idle_connections_with_1000() {
     let redis = Redis::start().await;
-    let relay = Relay::start_with(
-        &redis.url(),
-        RelayOpts {
-            extra: "[limits]\nping_interval_ms = 100\nidle_timeout_ms = 60000\n".into(),
-            ..Default::default()
-        },
+    let relay = Relay::with_extra(
+        &redis,
+        "[limits]\nping_interval_ms = 100\nidle_timeout_ms = 60000\n",
     )
     .await;
     let mut c = relay.client("").await;
@@ -202,12 +182,9 @@ async fn relay_pings_and_closes_idle_connections_with_1000() {
     drop(relay);
 
     // No pings, short idle timeout, a client that never sends anything.
-    let relay = Relay::start_with(
-        &redis.url(),
-        RelayOpts {
-            extra: "[limits]\nping_interval_ms = 0\nidle_timeout_ms = 300\n".into(),
-            ..Default::default()
-        },
+    let relay = Relay::with_extra(
+        &redis,
+        "[limits]\nping_interval_ms = 0\nidle_timeout_ms = 300\n",
     )
     .await;
     let mut c = relay.client("").await;
@@ -217,12 +194,9 @@ async fn relay_pings_and_closes_idle_connections_with_1000() {
 #[tokio::test]
 async fn client_frames_keep_a_connection_alive() {
     let redis = Redis::start().await;
-    let relay = Relay::start_with(
-        &redis.url(),
-        RelayOpts {
-            extra: "[limits]\nping_interval_ms = 0\nidle_timeout_ms = 400\n".into(),
-            ..Default::default()
-        },
+    let relay = Relay::with_extra(
+        &redis,
+        "[limits]\nping_interval_ms = 0\nidle_timeout_ms = 400\n",
     )
     .await;
     let mut c = relay.client("").await;

@@ -12,12 +12,9 @@ async fn ten_thousand_events_in_order_over_two_listeners() {
     const N: usize = 10_000;
     let redis = Redis::start().await;
     // Roomy queues: this test is about order, not backpressure (see outage tests).
-    let relay = Relay::start_with(
-        &redis.url(),
-        common::RelayOpts {
-            extra: "[limits]\nsend_queue = 20000\nsend_queue_bytes = 16777216\n".into(),
-            ..Default::default()
-        },
+    let relay = Relay::with_extra(
+        &redis,
+        "[limits]\nsend_queue = 20000\nsend_queue_bytes = 16777216\n",
     )
     .await;
     // Per listener: one firehose client, one per agent, one on a session.

@@ -205,14 +205,7 @@ async fn firehose_from_the_url() {
 #[tokio::test]
 async fn ping_pong_and_every_error_code() {
     let redis = Redis::start().await;
-    let relay = Relay::start_with(
-        &redis.url(),
-        common::RelayOpts {
-            extra: "[limits]\nmax_subscriptions = 2\n".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let relay = Relay::with_extra(&redis, "[limits]\nmax_subscriptions = 2\n").await;
     let mut c = relay.client("agentId=a").await;
     c.send_json(json!({"type": "ping"})).await;
     assert_eq!(c.next_json().await, json!({"type": "pong"}));
@@ -264,14 +257,7 @@ async fn ping_pong_and_every_error_code() {
 #[tokio::test]
 async fn firehose_disabled() {
     let redis = Redis::start().await;
-    let relay = Relay::start_with(
-        &redis.url(),
-        common::RelayOpts {
-            extra: "[routing]\nallow_firehose = false\n".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let relay = Relay::with_extra(&redis, "[routing]\nallow_firehose = false\n").await;
     let mut c = relay.client("agentId=a").await;
     c.send_json(json!({"type": "subscribe", "all": true})).await;
     assert_eq!(c.next_json().await["code"], "firehose_disabled");

@@ -131,14 +131,7 @@ async fn sigterm_sends_what_is_queued_then_1001_on_both_listeners_and_exits_0() 
 async fn sigint_closes_idle_clients_on_every_listener_within_the_grace() {
     let redis = Redis::start().await;
     let grace = Duration::from_millis(1500);
-    let mut relay = Relay::start_with(
-        &redis.url(),
-        RelayOpts {
-            extra: "[limits]\nshutdown_grace_ms = 1500\n".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut relay = Relay::with_extra(&redis, "[limits]\nshutdown_grace_ms = 1500\n").await;
     let mut clients = Vec::new();
     for i in 0..6 {
         clients.push(Client::connect(relay.addrs[i % 2], "agentId=a").await);
@@ -157,14 +150,10 @@ async fn sigint_closes_idle_clients_on_every_listener_within_the_grace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_sigterm_exits_at_once_while_the_drain_waits_on_a_stuck_client() {
     let redis = Redis::start().await;
-    let mut relay = Relay::start_with(
-        &redis.url(),
-        RelayOpts {
-            extra: "[limits]\nshutdown_grace_ms = 60000\nsend_queue = 100000\n\
-                    send_queue_bytes = 268435456\nwrite_timeout_ms = 60000\n"
-                .into(),
-            ..Default::default()
-        },
+    let mut relay = Relay::with_extra(
+        &redis,
+        "[limits]\nshutdown_grace_ms = 60000\nsend_queue = 100000\n\
+                    send_queue_bytes = 268435456\nwrite_timeout_ms = 60000\n",
     )
     .await;
     // Never reads: its drain can only end at the 60 s grace.
@@ -257,14 +246,7 @@ async fn reload_adding_tokens_closes_tokenless_connections_1008_and_keeps_holder
 #[tokio::test]
 async fn reload_with_a_broken_file_logs_the_error_and_keeps_serving_the_old_config() {
     let redis = Redis::start().await;
-    let relay = Relay::start_with(
-        &redis.url(),
-        RelayOpts {
-            extra: "[limits]\nmax_subscriptions = 2\n".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let relay = Relay::with_extra(&redis, "[limits]\nmax_subscriptions = 2\n").await;
     let path = relay.config_path.display().to_string();
     let broken = format!("{}[limits\nmax_subscriptions = 1\n", relay.base_config);
     let line = relay.reload_raw(&broken).await;
@@ -779,12 +761,9 @@ fn series(m: &str, name: &str, label: &str, value: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_with_traffic_per_listener_and_through_a_redis_restart() {
     let mut redis = Redis::start().await;
-    let relay = Relay::start_with(
-        &redis.url(),
-        RelayOpts {
-            extra: "[auth]\ntokens = [\"t\"]\n[limits]\nsend_queue = 4\n".into(),
-            ..Default::default()
-        },
+    let relay = Relay::with_extra(
+        &redis,
+        "[auth]\ntokens = [\"t\"]\n[limits]\nsend_queue = 4\n",
     )
     .await;
     let (l0, l1) = (relay.addrs[0].to_string(), relay.addrs[1].to_string());

@@ -299,6 +299,15 @@ impl Relay {
         Self::start_with(&redis.url(), RelayOpts::default()).await
     }
 
+    /// Starts against `redis` with extra TOML sections appended.
+    pub async fn with_extra(redis: &Redis, extra: &str) -> Relay {
+        let opts = RelayOpts {
+            extra: extra.to_owned(),
+            ..Default::default()
+        };
+        Self::start_with(&redis.url(), opts).await
+    }
+
     pub async fn start_with(redis_url: &str, opts: RelayOpts) -> Relay {
         let dir = TempDir::new();
         let mut toml = format!("[redis]\nurl = \"{redis_url}\"\n{}\n", opts.redis_extra);
