@@ -9,7 +9,7 @@ UNIT_DIR     ?= /etc/systemd/system
 BIN          ?= target/release/studio-relay
 REDIS_URL    ?= redis://127.0.0.1:6379
 
-.PHONY: all build release run test lint fmt demo bench bench-compare install uninstall clean
+.PHONY: all build release run test lint fmt demo bench bench-compare bench-smoke install uninstall clean
 
 all: build
 
@@ -42,6 +42,11 @@ demo:
 ## Benchmarks print numbers; they are not tests.
 bench: release
 	bash bench/bench.sh
+
+## A few seconds of the load generator against the debug build (run by CI).
+bench-smoke:
+	$(CARGO) build --workspace
+	bash bench/smoke.sh
 
 bench-compare: release
 	bash bench/compare.sh
