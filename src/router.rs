@@ -182,8 +182,8 @@ impl QueueRx {
     /// returns 0 once the hub has gone and nothing is left.
     pub async fn recv_many(&mut self, buf: &mut Vec<Outbound>, limit: usize) -> usize {
         loop {
-            let n = self.take(buf, limit);
-            if n > 0 || self.shared.pending().hub_gone {
+            let (n, hub_gone) = self.take(buf, limit);
+            if n > 0 || hub_gone {
                 return n;
             }
             self.shared.data.notified().await;
@@ -195,7 +195,9 @@ impl QueueRx {
         self.take(buf, limit);
     }
 
-    fn take(&self, buf: &mut Vec<Outbound>, limit: usize) -> usize {
+    /// Moves up to `limit` frames into `buf` under one lock; also says
+    /// whether the hub has gone.
+    fn take(&self, buf: &mut Vec<Outbound>, limit: usize) -> (usize, bool) {
         let mut guard = self.shared.pending();
         let q = &mut *guard;
         let n = q.items.len().min(limit);
@@ -207,7 +209,7 @@ impl QueueRx {
         if q.items.is_empty() && q.items.capacity() > 64 {
             q.items = VecDeque::new();
         }
-        n
+        (n, q.hub_gone)
     }
 
     /// The state shared with the hub (close requests).

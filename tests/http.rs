@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{http, ws_headers, Redis, Relay, RelayOpts};
+use common::{http, ws_headers, Redis, Relay};
 
 fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
     let mut h = ws_headers();
@@ -96,14 +96,7 @@ async fn healthz_metrics_404_405() {
 async fn healthz_is_503_while_redis_is_down_at_boot_and_websockets_still_work() {
     // Nothing listens on this port: Redis is down from the start.
     let port = common::free_port();
-    let relay = Relay::start_with(
-        &format!("redis://127.0.0.1:{port}"),
-        RelayOpts {
-            wait_redis: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let relay = Relay::start_without_redis(port).await;
     let (status, body) = relay.health().await;
     assert_eq!(status, 503);
     assert_eq!(body["status"], "unavailable");

@@ -27,14 +27,7 @@ async fn publish_until_received(
 #[tokio::test]
 async fn redis_down_at_boot_then_appears_without_a_gap() {
     let port = common::free_port();
-    let relay = Relay::start_with(
-        &format!("redis://127.0.0.1:{port}"),
-        RelayOpts {
-            wait_redis: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let relay = Relay::start_without_redis(port).await;
     assert_eq!(relay.health().await.0, 503);
     let mut c = relay.client("agentId=a").await;
 

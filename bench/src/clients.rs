@@ -180,6 +180,27 @@ impl Ctx {
         }
     }
 
+    /// Records how a client's setup went: ready and live, or failed.
+    fn started<T>(&self, want: Want, setup: Result<T>) -> Result<T> {
+        match setup {
+            Ok(v) => {
+                self.set_live(want, true);
+                self.ready.fetch_add(1, Ordering::Relaxed);
+                Ok(v)
+            }
+            Err(e) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Records that a live client's connection ended.
+    fn ended(&self, want: Want) {
+        self.set_live(want, false);
+        self.closed.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn set_live(&self, want: Want, up: bool) {
         let c = match want {
             Want::Firehose => &self.live_firehose,
@@ -402,16 +423,8 @@ async fn ws_client(ctx: &Ctx, idx: usize, want: Want, gate: &Semaphore) -> Resul
         }
         anyhow::Ok(ws)
     };
-    let mut ws = match ready.await {
-        Ok(ws) => ws,
-        Err(e) => {
-            ctx.failed.fetch_add(1, Ordering::Relaxed);
-            return Err(e);
-        }
-    };
+    let mut ws = ctx.started(want, ready.await)?;
     drop(permit);
-    ctx.set_live(want, true);
-    ctx.ready.fetch_add(1, Ordering::Relaxed);
     let mut rx = Receiver::new(ctx, idx, want);
     let end: Result<()> = async {
         while let Some(m) = ws.next().await {
@@ -431,8 +444,7 @@ async fn ws_client(ctx: &Ctx, idx: usize, want: Want, gate: &Semaphore) -> Resul
         bail!("connection ended")
     }
     .await;
-    ctx.set_live(want, false);
-    ctx.closed.fetch_add(1, Ordering::Relaxed);
+    ctx.ended(want);
     end
 }
 
@@ -459,16 +471,8 @@ async fn redis_client(ctx: &Ctx, idx: usize, want: Want, gate: &Semaphore) -> Re
         buf.advance(used);
         anyhow::Ok(s)
     };
-    let mut s = match ready.await {
-        Ok(s) => s,
-        Err(e) => {
-            ctx.failed.fetch_add(1, Ordering::Relaxed);
-            return Err(e);
-        }
-    };
+    let mut s = ctx.started(want, ready.await)?;
     drop(permit);
-    ctx.set_live(want, true);
-    ctx.ready.fetch_add(1, Ordering::Relaxed);
     let mut rx = Receiver::new(ctx, idx, want);
     let end: Result<()> = async {
         loop {
@@ -485,7 +489,6 @@ async fn redis_client(ctx: &Ctx, idx: usize, want: Want, gate: &Semaphore) -> Re
         }
     }
     .await;
-    ctx.set_live(want, false);
-    ctx.closed.fetch_add(1, Ordering::Relaxed);
+    ctx.ended(want);
     end.context("redis subscriber")
 }

@@ -299,6 +299,15 @@ impl Relay {
         Self::start_with(&redis.url(), RelayOpts::default()).await
     }
 
+    /// Starts against a port where no Redis listens (Redis down at boot).
+    pub async fn start_without_redis(port: u16) -> Relay {
+        let opts = RelayOpts {
+            wait_redis: false,
+            ..Default::default()
+        };
+        Self::start_with(&format!("redis://127.0.0.1:{port}"), opts).await
+    }
+
     /// Starts against `redis` with extra TOML sections appended.
     pub async fn with_extra(redis: &Redis, extra: &str) -> Relay {
         let opts = RelayOpts {
