@@ -169,16 +169,24 @@ async fn subscribe_unsubscribe_acks_and_firehose() {
         json!({"type": "unsubscribed", "agentId": "a1"})
     );
     redis.publish(CH, r#"{"agentId":"a1"}"#).await;
+    // Still subscribed to s9: this must be the next frame, which proves the
+    // a1 event was not delivered (checked before the firehose goes on, which
+    // would legitimately deliver it if the hub saw it after the subscribe).
+    redis
+        .publish(CH, r#"{"sessionId":"s9","after":"unsubscribe"}"#)
+        .await;
+    let v = c.next_json().await;
+    assert_eq!(
+        v["data"]["after"], "unsubscribe",
+        "the a1 event after unsubscribe must not arrive: {v}"
+    );
 
     // Firehose on: receives everything, once.
     let ack = c.subscribe(json!({"all": true})).await;
     assert_eq!(ack, json!({"type": "subscribed", "all": true}));
     redis.publish(CH, r#"{"agentId":"someone-else"}"#).await;
     let v = c.next_json().await;
-    assert_eq!(
-        v["data"]["agentId"], "someone-else",
-        "the a1 event after unsubscribe must not arrive: {v}"
-    );
+    assert_eq!(v["data"]["agentId"], "someone-else", "{v}");
     redis.publish(CH, r#"{"sessionId":"s9"}"#).await;
     assert_eq!(c.next_json().await["data"]["sessionId"], "s9");
     c.send_json(json!({"type": "unsubscribe", "all": true}))
