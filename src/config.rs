@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::pattern::Pattern;
+use crate::util::pattern::Pattern;
 
 /// Default listener when the file configures none.
 pub const DEFAULT_BIND: &str = "127.0.0.1:4456";

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use studio_relay::app::{Relay, Reloader};
 use studio_relay::config::{self, ConfigSource};
-use studio_relay::relay::{Relay, Reloader};
-use studio_relay::shutdown::CancellationToken;
-use studio_relay::{activation, logging, notify, signals};
+use studio_relay::net::activation;
+use studio_relay::service::shutdown::CancellationToken;
+use studio_relay::service::{logging, notify, signals};
 
 /// Exit code for a bad configuration (SPEC §2).
 const EXIT_BAD_CONFIG: u8 = 2;

@@ -1,260 +1,47 @@
-//! Who wants what. One hub task owns the routing index — `(field, value) →
-//! connections`, the firehose set and every connection's bounded queue — so
-//! the hot path takes no lock: an event costs one index lookup per routing
-//! key plus one `try_send` of the shared frame per matching connection.
+//! Who wants what. One hub task owns the routing index and every
+//! connection's bounded queue, so the hot path takes no shared lock: an
+//! event costs one index lookup per routing key plus one queue push of the
+//! shared frame per matching connection, and the frame for each wire format
+//! is encoded once per event, on first use.
 //!
 //! Connections talk to the hub through a bounded command channel; the hub
 //! never awaits a connection. Acks and the welcome frame travel through the
 //! same queue as events, so "ack, then the events it enabled" holds by
-//! construction, as does per-connection Redis order.
+//! construction, as does per-connection source order.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+pub mod index;
+pub mod queue;
 
-use tokio::sync::{mpsc, watch, Notify};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::ctx::ConnId;
 use crate::event::Event;
 use crate::metrics::Metrics;
-use crate::protocol::{self, GapReason};
-
-/// Relay-wide connection identifier.
-pub type ConnId = u64;
+use crate::source::Ingest;
+use crate::wire::{self, Wire};
+use index::{Index, Slot};
+use queue::{Enqueue, Outbound, QueueTx, FLAG_RELOAD, FLAG_SHUTDOWN};
 
 /// Capacity of the connections → hub command channel.
 const COMMAND_QUEUE: usize = 4096;
-/// Events the hub takes from the source per wakeup.
+/// Events the hub takes from the sources per wakeup.
 const INGEST_BATCH: usize = 256;
-
-/// One frame waiting in a connection's queue.
-#[derive(Debug, Clone)]
-pub struct Outbound {
-    /// The shared, already-encoded text frame.
-    pub frame: Utf8Bytes,
-    /// When its Redis message was read, for the latency histogram.
-    pub received: Option<Instant>,
-}
-
-/// State both ends of a connection queue see, and the connection's one
-/// control channel: close requests, shutdown and reload all arrive through
-/// this per-connection `Notify`, so a connection's wakeups never touch a
-/// lock shared with every other connection.
-#[derive(Debug, Default)]
-pub struct ConnShared {
-    queue: Mutex<Pending>,
-    /// Raised once per hub batch that made the queue non-empty.
-    data: Notify,
-    close: AtomicU16,
-    flags: AtomicU8,
-    signal: Notify,
-}
-
-/// The frames waiting for one connection. Behind a per-connection mutex
-/// that only the hub (push) and the connection (take) ever lock.
-#[derive(Debug, Default)]
-struct Pending {
-    items: VecDeque<Outbound>,
-    bytes: usize,
-    hub_gone: bool,
-    conn_gone: bool,
-}
-
-/// A control event for a connection, most urgent first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    /// Close with this code now (slow consumer, …).
-    Close(u16),
-    /// The relay is shutting down: drain and close with 1001.
-    Shutdown,
-    /// The config was reloaded: re-check what may have been revoked.
-    Reload,
-}
-
-const FLAG_SHUTDOWN: u8 = 1;
-const FLAG_RELOAD: u8 = 2;
-
-impl ConnShared {
-    /// Asks the connection to close with `code`; the first request wins.
-    pub fn kick(&self, code: u16) {
-        let _ = self
-            .close
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        self.signal.notify_one();
-    }
-
-    fn raise(&self, flag: u8) {
-        self.flags.fetch_or(flag, Ordering::AcqRel);
-        self.signal.notify_one();
-    }
-
-    /// Waits for the next control event.
-    pub async fn next_signal(&self) -> Signal {
-        loop {
-            if let Some(s) = self.take_signal() {
-                return s;
-            }
-            self.signal.notified().await;
-        }
-    }
-
-    fn take_signal(&self) -> Option<Signal> {
-        match self.close.load(Ordering::Acquire) {
-            0 => {}
-            code => return Some(Signal::Close(code)),
-        }
-        let flags = self.flags.swap(0, Ordering::AcqRel);
-        if flags & FLAG_SHUTDOWN != 0 {
-            Some(Signal::Shutdown)
-        } else if flags & FLAG_RELOAD != 0 {
-            Some(Signal::Reload)
-        } else {
-            None
-        }
-    }
-
-    fn pending(&self) -> MutexGuard<'_, Pending> {
-        // Nothing panics while holding this lock; if something ever did,
-        // the queue's contents are still consistent.
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// The hub's end of a connection queue.
-#[derive(Debug)]
-pub struct QueueTx {
-    shared: Arc<ConnShared>,
-    max_events: usize,
-    max_bytes: usize,
-}
-
-/// Outcome of an enqueue.
-enum Enqueue {
-    /// Queued; `first` means the queue was empty, so the connection needs a wake.
-    Queued {
-        first: bool,
-    },
-    Slow,
-    Gone,
-}
-
-impl QueueTx {
-    /// Enqueues unless the queue already holds its event or byte limit
-    /// (SPEC §6: one event larger than the byte limit still gets through).
-    fn push(&self, out: &Outbound) -> Enqueue {
-        let mut q = self.shared.pending();
-        if q.conn_gone {
-            return Enqueue::Gone;
-        }
-        if q.items.len() >= self.max_events || q.bytes >= self.max_bytes {
-            return Enqueue::Slow;
-        }
-        let first = q.items.is_empty();
-        q.bytes += out.frame.len();
-        q.items.push_back(out.clone());
-        Enqueue::Queued { first }
-    }
-
-    /// Wakes the connection (once per batch that gave it frames).
-    fn wake(&self) {
-        self.shared.data.notify_one();
-    }
-}
-
-impl Drop for QueueTx {
-    fn drop(&mut self) {
-        self.shared.pending().hub_gone = true;
-        self.shared.data.notify_one();
-    }
-}
-
-/// The connection's end of its queue.
-#[derive(Debug)]
-pub struct QueueRx {
-    shared: Arc<ConnShared>,
-}
-
-impl QueueRx {
-    /// Waits for frames and moves up to `limit` of them into `buf`;
-    /// returns 0 once the hub has gone and nothing is left.
-    pub async fn recv_many(&mut self, buf: &mut Vec<Outbound>, limit: usize) -> usize {
-        loop {
-            let (n, hub_gone) = self.take(buf, limit);
-            if n > 0 || hub_gone {
-                return n;
-            }
-            self.shared.data.notified().await;
-        }
-    }
-
-    /// Takes whatever is queued right now, without waiting.
-    pub fn drain_now(&mut self, buf: &mut Vec<Outbound>, limit: usize) {
-        self.take(buf, limit);
-    }
-
-    /// Moves up to `limit` frames into `buf` under one lock; also says
-    /// whether the hub has gone.
-    fn take(&self, buf: &mut Vec<Outbound>, limit: usize) -> (usize, bool) {
-        let mut guard = self.shared.pending();
-        let q = &mut *guard;
-        let n = q.items.len().min(limit);
-        for out in q.items.drain(..n) {
-            q.bytes -= out.frame.len();
-            buf.push(out);
-        }
-        // Give back a burst's buffer so idle connections stay small.
-        if q.items.is_empty() && q.items.capacity() > 64 {
-            q.items = VecDeque::new();
-        }
-        (n, q.hub_gone)
-    }
-
-    /// The state shared with the hub (close requests).
-    pub fn shared(&self) -> &Arc<ConnShared> {
-        &self.shared
-    }
-}
-
-impl Drop for QueueRx {
-    fn drop(&mut self) {
-        let mut q = self.shared.pending();
-        q.conn_gone = true;
-        q.items.clear();
-    }
-}
-
-/// A bounded queue: at most `events` frames and about `max_bytes` bytes.
-pub fn queue(events: usize, max_bytes: usize) -> (QueueTx, QueueRx) {
-    let shared = Arc::new(ConnShared::default());
-    (
-        QueueTx {
-            shared: shared.clone(),
-            max_events: events.max(1),
-            max_bytes,
-        },
-        QueueRx { shared },
-    )
-}
-
-/// What the source hands the hub.
-#[derive(Debug)]
-pub enum Ingest {
-    /// An event to route.
-    Event(Event),
-    /// Tell every connection that events were missed.
-    Gap(GapReason),
-}
 
 /// Requests from connections.
 #[derive(Debug)]
 pub enum Command {
-    /// A new connection with its URL subscriptions; `welcome` is queued first.
+    /// A new connection with its initial subscriptions; `welcome` is queued first.
     Register {
         /// Connection id.
         id: ConnId,
+        /// The protocol it speaks, which picks the event frames it gets.
+        wire: Wire,
         /// Hub end of its queue.
         queue: QueueTx,
         /// Initial `(field, value)` subscriptions.
@@ -295,19 +82,15 @@ impl HubHandle {
     pub async fn send(&self, cmd: Command) -> bool {
         self.tx.send(cmd).await.is_ok()
     }
-
-    /// Sends without waiting; used from `Drop` paths.
-    pub fn try_send(&self, cmd: Command) -> bool {
-        self.tx.try_send(cmd).is_ok()
-    }
 }
 
 struct Entry {
     id: ConnId,
+    wire: Wire,
     queue: QueueTx,
     subs: HashSet<(Arc<str>, Box<str>)>,
     firehose: bool,
-    /// Sequence number of the last event queued, to deliver once when several keys match.
+    /// Sequence number of the last item queued, to deliver once when several keys match.
     stamp: u64,
     /// Kicked as slow: gets nothing more, waits for its Unregister.
     dead: bool,
@@ -316,11 +99,9 @@ struct Entry {
 /// The routing index and the connections' queues. Owned by one task.
 pub struct Hub {
     slots: Vec<Option<Entry>>,
-    free: Vec<usize>,
-    ids: HashMap<ConnId, usize>,
-    index: HashMap<Arc<str>, HashMap<Box<str>, HashSet<usize>>>,
-    firehose: HashSet<usize>,
-    entries: usize,
+    free: Vec<Slot>,
+    ids: HashMap<ConnId, Slot>,
+    index: Index,
     seq: u64,
     marks: Marks,
     metrics: Arc<Metrics>,
@@ -330,9 +111,28 @@ pub struct Hub {
 #[derive(Default)]
 struct Marks {
     /// Queue full: close as slow.
-    kicked: Vec<usize>,
+    kicked: Vec<Slot>,
     /// Queue went from empty to non-empty: wake the connection.
-    touched: Vec<usize>,
+    touched: Vec<Slot>,
+}
+
+/// One item's frame per wire format, made on first use while routing it.
+struct Frames<'a> {
+    make: &'a dyn Fn(Wire) -> Outbound,
+    made: [Option<Outbound>; Wire::COUNT],
+}
+
+impl<'a> Frames<'a> {
+    fn new(make: &'a dyn Fn(Wire) -> Outbound) -> Self {
+        Frames {
+            make,
+            made: Default::default(),
+        }
+    }
+
+    fn get(&mut self, wire: Wire) -> &Outbound {
+        self.made[wire.slot()].get_or_insert_with(|| (self.make)(wire))
+    }
 }
 
 impl Hub {
@@ -342,9 +142,7 @@ impl Hub {
             slots: Vec::new(),
             free: Vec::new(),
             ids: HashMap::new(),
-            index: HashMap::new(),
-            firehose: HashSet::new(),
-            entries: 0,
+            index: Index::default(),
             seq: 0,
             marks: Marks::default(),
             metrics,
@@ -419,6 +217,7 @@ impl Hub {
         match cmd {
             Command::Register {
                 id,
+                wire,
                 queue,
                 keys,
                 all,
@@ -430,6 +229,7 @@ impl Hub {
                 });
                 self.slots[slot] = Some(Entry {
                     id,
+                    wire,
                     queue,
                     subs: HashSet::new(),
                     firehose: false,
@@ -465,18 +265,25 @@ impl Hub {
         self.publish_size();
     }
 
-    /// Routes one item from the source.
+    /// Routes one item from a source.
     pub fn ingest(&mut self, item: Ingest) {
         match item {
-            Ingest::Event(event) => self.route(&event),
+            Ingest::Event(event) => self.route(&Arc::new(event)),
             Ingest::Gap(reason) => {
-                let out = Outbound {
-                    frame: protocol::gap(reason),
+                let make = |w: Wire| Outbound {
+                    frame: w.gap_frame(reason),
                     received: None,
                 };
+                let mut frames = Frames::new(&make);
                 self.seq += 1;
                 for slot in 0..self.slots.len() {
-                    deliver(&mut self.slots, slot, &out, self.seq, &mut self.marks);
+                    deliver(
+                        &mut self.slots,
+                        slot,
+                        &mut frames,
+                        self.seq,
+                        &mut self.marks,
+                    );
                 }
             }
         }
@@ -485,7 +292,7 @@ impl Hub {
 
     /// Number of (field, value) subscriptions plus firehose members.
     pub fn index_entries(&self) -> usize {
-        self.entries
+        self.index.entries()
     }
 
     /// Live connections known to the hub.
@@ -493,42 +300,50 @@ impl Hub {
         self.ids.len()
     }
 
-    fn route(&mut self, event: &Event) {
+    fn route(&mut self, event: &Arc<Event>) {
         self.seq += 1;
         let seq = self.seq;
-        let out = Outbound {
-            frame: event.frame.clone(),
+        let make = |w: Wire| Outbound {
+            frame: w.event_frame(event),
             received: Some(event.received),
         };
+        let mut frames = Frames::new(&make);
         if event.keys.is_empty() {
             for slot in 0..self.slots.len() {
-                deliver(&mut self.slots, slot, &out, seq, &mut self.marks);
+                deliver(&mut self.slots, slot, &mut frames, seq, &mut self.marks);
             }
             return;
         }
         for (field, value) in &event.keys {
-            if let Some(set) = self.index.get(&**field).and_then(|m| m.get(&**value)) {
-                for &slot in set {
-                    deliver(&mut self.slots, slot, &out, seq, &mut self.marks);
-                }
+            for slot in self.index.matching(field, value) {
+                deliver(&mut self.slots, slot, &mut frames, seq, &mut self.marks);
             }
         }
-        for &slot in &self.firehose {
-            deliver(&mut self.slots, slot, &out, seq, &mut self.marks);
+        for slot in self.index.firehose() {
+            deliver(&mut self.slots, slot, &mut frames, seq, &mut self.marks);
         }
     }
 
-    fn send_control(&mut self, slot: usize, frame: Utf8Bytes) {
+    fn send_control(&mut self, slot: Slot, frame: Utf8Bytes) {
         self.seq += 1;
         let out = Outbound {
             frame,
             received: None,
         };
-        deliver(&mut self.slots, slot, &out, self.seq, &mut self.marks);
+        // A control frame is for one connection, in whatever format it speaks.
+        let make = |_: Wire| out.clone();
+        let mut frames = Frames::new(&make);
+        deliver(
+            &mut self.slots,
+            slot,
+            &mut frames,
+            self.seq,
+            &mut self.marks,
+        );
         self.reap_kicked();
     }
 
-    fn change(&mut self, slot: usize, subscribe: bool, keys: Vec<(String, String)>, all: bool) {
+    fn change(&mut self, slot: Slot, subscribe: bool, keys: Vec<(String, String)>, all: bool) {
         let Some(Some(entry)) = self.slots.get_mut(slot) else {
             return;
         };
@@ -536,51 +351,31 @@ impl Hub {
             return;
         }
         for (field, value) in keys {
-            let field: Arc<str> = match self.index.get_key_value(field.as_str()) {
-                Some((k, _)) => k.clone(),
-                None => Arc::from(field),
-            };
-            let key = (field, Box::<str>::from(value));
+            let key = (self.index.intern(field), Box::<str>::from(value));
             if subscribe {
                 if entry.subs.insert(key.clone()) {
-                    let (field, value) = key;
-                    self.index
-                        .entry(field)
-                        .or_default()
-                        .entry(value)
-                        .or_default()
-                        .insert(slot);
-                    self.entries += 1;
+                    self.index.insert(key.0, key.1, slot);
                 }
             } else if entry.subs.remove(&key) {
-                remove_from_index(&mut self.index, &key.0, &key.1, slot);
-                self.entries -= 1;
+                self.index.remove(&key.0, &key.1, slot);
             }
         }
         if all && entry.firehose != subscribe {
             entry.firehose = subscribe;
-            if subscribe {
-                self.firehose.insert(slot);
-                self.entries += 1;
-            } else {
-                self.firehose.remove(&slot);
-                self.entries -= 1;
-            }
+            self.index.set_firehose(slot, subscribe);
         }
     }
 
     /// Removes every subscription of `slot` from the index.
-    fn unindex(&mut self, slot: usize) {
+    fn unindex(&mut self, slot: Slot) {
         let Some(Some(entry)) = self.slots.get_mut(slot) else {
             return;
         };
         for (field, value) in entry.subs.drain() {
-            remove_from_index(&mut self.index, &field, &value, slot);
-            self.entries -= 1;
+            self.index.remove(&field, &value, slot);
         }
         if std::mem::take(&mut entry.firehose) {
-            self.firehose.remove(&slot);
-            self.entries -= 1;
+            self.index.set_firehose(slot, false);
         }
     }
 
@@ -590,9 +385,9 @@ impl Hub {
             if let Some(Some(entry)) = self.slots.get_mut(slot) {
                 if !entry.dead {
                     entry.dead = true;
-                    entry.queue.shared.kick(protocol::CLOSE_SLOW);
+                    entry.queue.shared.kick(wire::close::SLOW);
                     self.metrics.slow_consumer_disconnects.inc();
-                    tracing::info!(conn = entry.id, "slow consumer: closing with 1013");
+                    tracing::info!(conn = entry.id, "slow consumer: closing");
                 }
             }
         }
@@ -600,12 +395,20 @@ impl Hub {
     }
 
     fn publish_size(&self) {
-        self.metrics.routing_index_entries.set(self.entries as i64);
+        self.metrics
+            .routing_index_entries
+            .set(self.index.entries() as i64);
     }
 }
 
-/// Queues `out` for `slot` once per `seq`; a full queue marks it for a kick.
-fn deliver(slots: &mut [Option<Entry>], slot: usize, out: &Outbound, seq: u64, marks: &mut Marks) {
+/// Queues the item for `slot` once per `seq`; a full queue marks it for a kick.
+fn deliver(
+    slots: &mut [Option<Entry>],
+    slot: Slot,
+    frames: &mut Frames<'_>,
+    seq: u64,
+    marks: &mut Marks,
+) {
     let Some(Some(entry)) = slots.get_mut(slot) else {
         return;
     };
@@ -613,46 +416,31 @@ fn deliver(slots: &mut [Option<Entry>], slot: usize, out: &Outbound, seq: u64, m
         return;
     }
     entry.stamp = seq;
-    match entry.queue.push(out) {
+    match entry.queue.push(frames.get(entry.wire)) {
         Enqueue::Queued { first: true } => marks.touched.push(slot),
         Enqueue::Queued { first: false } | Enqueue::Gone => {}
         Enqueue::Slow => marks.kicked.push(slot),
     }
 }
 
-fn remove_from_index(
-    index: &mut HashMap<Arc<str>, HashMap<Box<str>, HashSet<usize>>>,
-    field: &str,
-    value: &str,
-    slot: usize,
-) {
-    if let Some(values) = index.get_mut(field) {
-        if let Some(set) = values.get_mut(value) {
-            set.remove(&slot);
-            if set.is_empty() {
-                values.remove(value);
-            }
-        }
-        if values.is_empty() {
-            index.remove(field);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
 
-    fn ev(keys: &[(&str, &str)], frame: &str) -> Ingest {
-        Ingest::Event(Event {
-            frame: frame.to_owned().into(),
-            keys: keys
-                .iter()
+    use super::queue::{queue, QueueRx};
+    use super::*;
+    use crate::event::Data;
+
+    fn ev(keys: &[(&str, &str)], name: &str) -> Ingest {
+        Ingest::Event(Event::new(
+            name,
+            Data::Json("1".into()),
+            keys.iter()
                 .map(|(f, v)| (Arc::from(*f), Box::from(*v)))
                 .collect(),
-            received: Instant::now(),
-            not_json: false,
-        })
+            Instant::now(),
+        ))
     }
 
     fn register(
@@ -666,6 +454,7 @@ mod tests {
         let (tx, rx) = queue(cap, bytes);
         hub.apply(Command::Register {
             id,
+            wire: Wire::Studio,
             queue: tx,
             keys: keys
                 .iter()
@@ -677,11 +466,19 @@ mod tests {
         rx
     }
 
+    /// The frames queued for `rx`: control frames as sent, events by name.
     fn frames(rx: &mut QueueRx) -> Vec<String> {
         let mut buf = Vec::new();
         rx.drain_now(&mut buf, usize::MAX);
         buf.into_iter()
-            .map(|o| o.frame.as_str().to_owned())
+            .map(|o| {
+                let v: serde_json::Value =
+                    serde_json::from_str(o.frame.as_str()).unwrap_or_default();
+                match v["event"].as_str() {
+                    Some(name) => name.to_owned(),
+                    None => o.frame.as_str().to_owned(),
+                }
+            })
             .collect()
     }
 
@@ -706,6 +503,26 @@ mod tests {
         assert_eq!(frames(&mut b), ["welcome", "e2", "global"]);
         assert_eq!(frames(&mut f), ["welcome", "e1", "e2", "global", "e3"]);
         assert_eq!(hub.index_entries(), 5);
+    }
+
+    #[test]
+    fn every_match_shares_one_encoded_frame() {
+        let mut hub = Hub::new(Arc::new(Metrics::new()));
+        let mut a = register(&mut hub, 1, &[("agentId", "a1")], false, 16, 1 << 20);
+        let mut b = register(&mut hub, 2, &[], true, 16, 1 << 20);
+        let (mut ba, mut bb) = (Vec::new(), Vec::new());
+        a.drain_now(&mut ba, 10);
+        b.drain_now(&mut bb, 10);
+        hub.ingest(ev(&[("agentId", "a1")], "e"));
+        a.drain_now(&mut ba, 10);
+        b.drain_now(&mut bb, 10);
+        let (fa, fb) = (&ba[1].frame, &bb[1].frame);
+        assert_eq!(fa.as_str(), fb.as_str());
+        assert_eq!(
+            fa.as_str().as_ptr(),
+            fb.as_str().as_ptr(),
+            "one buffer, shared by refcount"
+        );
     }
 
     #[test]
@@ -738,7 +555,7 @@ mod tests {
         hub.apply(Command::Unregister { id: 2 });
         hub.apply(Command::Unregister { id: 1 });
         assert_eq!(hub.index_entries(), 0);
-        assert!(hub.index.is_empty() && hub.firehose.is_empty());
+        assert!(hub.index.is_empty());
         assert_eq!(hub.connections(), 0);
     }
 
@@ -751,10 +568,7 @@ mod tests {
             hub.ingest(ev(&[], &format!("e{i}")));
             frames(&mut fast);
         }
-        assert_eq!(
-            slow.shared.close.load(Ordering::Acquire),
-            protocol::CLOSE_SLOW
-        );
+        assert_eq!(slow.shared.close.load(Ordering::Acquire), wire::close::SLOW);
         assert_eq!(hub.metrics.slow_consumer_disconnects.get(), 1);
         assert_eq!(hub.index_entries(), 1);
     }
@@ -772,9 +586,17 @@ mod tests {
             "a reader that keeps up gets a big event"
         );
         hub.ingest(ev(&[], "y"));
+        assert_eq!(rx.shared.close.load(Ordering::Acquire), wire::close::SLOW);
+    }
+
+    #[test]
+    fn a_gap_reaches_every_connection_in_its_format() {
+        let mut hub = Hub::new(Arc::new(Metrics::new()));
+        let mut a = register(&mut hub, 1, &[("agentId", "a")], false, 16, 1 << 20);
+        hub.ingest(Ingest::Gap(crate::event::GapReason::RedisReconnected));
         assert_eq!(
-            rx.shared.close.load(Ordering::Acquire),
-            protocol::CLOSE_SLOW
+            frames(&mut a),
+            ["welcome", r#"{"type":"gap","reason":"redis_reconnected"}"#]
         );
     }
 }

@@ -1,9 +1,9 @@
-//! Wiring: binds the listeners, starts the hub, the Redis source and one
-//! accept loop per listener, and drains them on shutdown within the grace
+//! Wiring: takes the listeners, starts the hub, the sources and one accept
+//! loop per listener, and drains them on shutdown within the grace
 //! deadline. Every task is tracked, so nothing outlives [`Relay::run`].
+//! Also the SIGHUP [`Reloader`].
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,148 +13,43 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::connection::ConnIdString;
-use crate::listener;
+use crate::ctx::{Admission, ConnIds, Health, Live};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::router::{Hub, HubHandle};
-use crate::source::{self, RedisHealth, Source};
+use crate::net::{self, StartError};
+use crate::source::redis::RedisSource;
+use crate::source::{Source, SourceCtx};
+use crate::transport::{self, Server};
+use crate::util::id::InstanceId;
 
-/// Buffer between the Redis source and the hub, in events.
+/// Buffer between the sources and the hub, in events.
 const INGEST_QUEUE: usize = 8192;
-
-/// Failure to start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// A listener address could not be bound.
-    #[error("cannot bind listener {addr}: {source}")]
-    Bind {
-        /// The configured address.
-        addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// An inherited socket could not be set up for the runtime.
-    #[error("cannot use the socket passed for {addr}: {source}")]
-    Inherited {
-        /// The socket's address.
-        addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
-}
-
-/// What every task shares. Config is read through [`State::config`], which
-/// always returns the latest reloaded version.
-pub struct State {
-    /// The live configuration; reloads replace it.
-    pub live: watch::Receiver<Arc<Config>>,
-    /// Commands to the hub.
-    pub hub: HubHandle,
-    /// Metrics registry.
-    pub metrics: Arc<Metrics>,
-    /// Redis subscription health.
-    pub redis: Arc<RedisHealth>,
-    /// Open WebSocket connections across all listeners.
-    pub open: AtomicUsize,
-    /// The one shutdown signal.
-    pub shutdown: CancellationToken,
-    /// Every connection and HTTP task.
-    pub tasks: TaskTracker,
-    next_id: AtomicU64,
-    instance: String,
-}
-
-impl State {
-    /// The current configuration.
-    pub fn config(&self) -> Arc<Config> {
-        self.live.borrow().clone()
-    }
-
-    /// A fresh connection id.
-    pub fn next_connection_id(&self) -> ConnIdString {
-        let num = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        ConnIdString {
-            num,
-            text: format!("{}-{num}", self.instance),
-        }
-    }
-}
-
-/// Accept backlog: tokio's default (1024) overflows when thousands of
-/// clients reconnect at once (e.g. after a relay restart); the kernel caps
-/// it at `net.core.somaxconn` anyway.
-const LISTEN_BACKLOG: u32 = 4096;
-
-fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    // Restarting on the same port must not wait out TIME_WAIT sockets.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
 
 /// A relay with its listeners bound, ready to [`run`](Relay::run).
 pub struct Relay {
     listeners: Vec<(TcpListener, SocketAddr)>,
     live_tx: watch::Sender<Arc<Config>>,
     metrics: Arc<Metrics>,
+    sources: Option<Vec<Box<dyn Source>>>,
 }
 
 impl Relay {
     /// Binds every listener of `config`. Fails naming the address that
     /// could not be bound.
     pub async fn bind(config: Config) -> Result<Relay, StartError> {
-        let mut listeners = Vec::new();
-        for addr in config.effective_listeners() {
-            let listener =
-                bind_listener(addr).map_err(|source| StartError::Bind { addr, source })?;
-            let local = listener
-                .local_addr()
-                .map_err(|source| StartError::Bind { addr, source })?;
-            listeners.push((listener, local));
-        }
-        Ok(Relay::with_listeners(config, listeners))
+        Relay::bind_activated(config, Vec::new()).await
     }
 
     /// Like [`bind`](Relay::bind), but a configured listener whose address
     /// matches a socket passed by the service manager uses that socket
-    /// instead of binding (see [`activation::plan`](crate::activation::plan)).
-    /// Must run inside the runtime.
+    /// instead of binding (see [`net::activation::plan`]). Must run inside
+    /// the runtime.
     pub async fn bind_activated(
         config: Config,
         inherited: Vec<(std::net::TcpListener, SocketAddr)>,
     ) -> Result<Relay, StartError> {
-        if inherited.is_empty() {
-            return Relay::bind(config).await;
-        }
-        let configured = config.effective_listeners();
         let explicit = !config.listeners.is_empty();
-        let plan = crate::activation::plan(&configured, explicit, inherited);
-        let mut listeners = Vec::new();
-        for (std_listener, addr) in plan.inherited {
-            let tokio_listener = std_listener
-                .set_nonblocking(true)
-                .and_then(|()| TcpListener::from_std(std_listener))
-                .map_err(|source| StartError::Inherited { addr, source })?;
-            if plan.unconfigured.contains(&addr) {
-                tracing::warn!(addr = %addr, "socket passed by systemd is not in [[listeners]]; serving it anyway");
-            } else {
-                tracing::info!(addr = %addr, "using socket passed by systemd");
-            }
-            listeners.push((tokio_listener, addr));
-        }
-        for addr in plan.bind {
-            let listener =
-                bind_listener(addr).map_err(|source| StartError::Bind { addr, source })?;
-            let local = listener
-                .local_addr()
-                .map_err(|source| StartError::Bind { addr, source })?;
-            listeners.push((listener, local));
-        }
+        let listeners = net::listeners(&config.effective_listeners(), explicit, inherited)?;
         Ok(Relay::with_listeners(config, listeners))
     }
 
@@ -165,7 +60,15 @@ impl Relay {
             listeners,
             live_tx,
             metrics: Arc::new(Metrics::new()),
+            sources: None,
         }
+    }
+
+    /// Replaces the sources the config names (Redis) with `sources`, e.g.
+    /// an in-memory one for tests.
+    pub fn with_sources(mut self, sources: Vec<Box<dyn Source>>) -> Relay {
+        self.sources = Some(sources);
+        self
     }
 
     /// The bound addresses, in config order.
@@ -178,67 +81,76 @@ impl Relay {
         self.live_tx.clone()
     }
 
+    /// The metrics registry this relay reports into.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     /// Runs until `shutdown` is cancelled, then drains: connections flush
     /// what is queued and close with 1001 within `shutdown_grace_ms`.
     pub async fn run(self, shutdown: CancellationToken) {
+        let live = Live::new(self.live_tx.subscribe());
+        let config = live.get();
+        let instance = InstanceId::random();
         let (hub_handle, commands) = Hub::channel();
         let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_QUEUE);
-        let redis = Arc::new(RedisHealth::default());
-        let state = Arc::new(State {
-            live: self.live_tx.subscribe(),
-            hub: hub_handle,
-            metrics: self.metrics.clone(),
-            redis: redis.clone(),
-            open: AtomicUsize::new(0),
-            shutdown: shutdown.clone(),
-            tasks: TaskTracker::new(),
-            next_id: AtomicU64::new(0),
-            instance: format!("{:08x}", source::random_u64() as u32),
-        });
+        let health = Arc::new(Health::default());
+        let server = Arc::new(Server::new(
+            live.clone(),
+            hub_handle,
+            self.metrics.clone(),
+            Arc::new(Admission::default()),
+            health.clone(),
+            ConnIds::new(instance.clone()),
+            shutdown.clone(),
+            TaskTracker::new(),
+        ));
 
         let core = TaskTracker::new();
         let hub = Hub::new(self.metrics.clone());
-        core.spawn(hub.run(
-            commands,
-            ingest_rx,
-            self.live_tx.subscribe(),
-            shutdown.clone(),
-        ));
-        let source = Source::new(
-            self.live_tx.subscribe(),
-            ingest_tx,
-            redis,
-            self.metrics.clone(),
-        );
-        core.spawn(source.run(shutdown.clone()));
+        core.spawn(hub.run(commands, ingest_rx, live.watch(), shutdown.clone()));
+        let sources = self
+            .sources
+            .unwrap_or_else(|| vec![Box::new(RedisSource::new(config.redis.clone()))]);
+        for source in sources {
+            let ctx = SourceCtx {
+                ingest: ingest_tx.clone(),
+                health: health.register(source.name()),
+                live: live.clone(),
+                metrics: self.metrics.clone(),
+                instance: instance.clone(),
+            };
+            core.spawn(source.run(ctx, shutdown.clone()));
+        }
+        drop(ingest_tx);
         for (listener, addr) in self.listeners {
             let name: Arc<str> = Arc::from(addr.to_string());
             self.metrics.add_listener(&name);
-            tracing::info!(addr = %addr, "listening");
-            core.spawn(listener::serve(listener, name, state.clone()));
+            tracing::info!(addr = %addr, url = %format!("ws://{addr}/ws"), "listening");
+            core.spawn(transport::http::serve(listener, name, server.clone()));
         }
         core.close();
 
         shutdown.cancelled().await;
         // The grace as of now: a reload may have changed it.
-        let grace = Duration::from_millis(state.config().limits.shutdown_grace_ms);
+        let grace = Duration::from_millis(live.get().limits.shutdown_grace_ms);
         tracing::info!(
-            connections = state.open.load(Ordering::Acquire),
+            connections = server.admission.open(),
             grace_ms = grace.as_millis() as u64,
             "shutting down: draining connections"
         );
-        state.tasks.close();
+        server.tasks.close();
         // One deadline for everything: connections flush, spread their
         // closes and get their close replies within it; whatever is still
         // running then is dropped, so the process exits within the grace.
         let drained = tokio::time::timeout(grace, async {
-            state.tasks.wait().await;
+            server.tasks.wait().await;
             core.wait().await;
         })
         .await;
         if drained.is_err() {
             tracing::warn!(
-                remaining = state.tasks.len(),
+                remaining = server.tasks.len(),
                 "drain deadline passed; dropping remaining connections"
             );
         }
@@ -265,7 +177,7 @@ pub enum ReloadOutcome {
 pub struct Reloader {
     source: crate::config::ConfigSource,
     live: watch::Sender<Arc<Config>>,
-    log: crate::logging::LogHandle,
+    log: crate::service::logging::LogHandle,
 }
 
 impl Reloader {
@@ -273,14 +185,14 @@ impl Reloader {
     pub fn new(
         source: crate::config::ConfigSource,
         live: watch::Sender<Arc<Config>>,
-        log: crate::logging::LogHandle,
+        log: crate::service::logging::LogHandle,
     ) -> Self {
         Reloader { source, live, log }
     }
 
     /// Performs one reload between `RELOADING=1` and `READY=1`.
     pub fn reload(&self) -> ReloadOutcome {
-        crate::notify::reloading();
+        crate::service::notify::reloading();
         let outcome = self.apply();
         let status = match &outcome {
             ReloadOutcome::Applied { restart_needed } if restart_needed.is_empty() => {
@@ -292,7 +204,7 @@ impl Reloader {
             ),
             ReloadOutcome::Rejected(_) => "reload failed; running config kept".to_owned(),
         };
-        crate::notify::reloaded(&status);
+        crate::service::notify::reloaded(&status);
         outcome
     }
 
@@ -358,13 +270,13 @@ mod tests {
         let path = std::env::temp_dir().join(format!(
             "studio-relay-reload-{}-{}.toml",
             std::process::id(),
-            source::random_u64()
+            crate::util::id::random_u64()
         ));
         std::fs::write(&path, text).unwrap();
         let source = ConfigSource::File(path.clone());
         let loaded = crate::config::load(&source, None).unwrap();
         let (tx, rx) = watch::channel(Arc::new(loaded.config));
-        let log = crate::logging::LogHandle::detached("info");
+        let log = crate::service::logging::LogHandle::detached("info");
         (File(path), Reloader::new(source, tx, log), rx)
     }
 

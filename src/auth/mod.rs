@@ -1,5 +1,6 @@
 //! Who may connect: bearer tokens (constant-time) and allowed Origins.
-//! Pure functions; the listener calls them in SPEC §9's refusal order.
+//! Pure functions; [`transport::handshake`](crate::transport::handshake)
+//! calls them in SPEC §9's refusal order.
 
 use subtle::ConstantTimeEq;
 

@@ -1,23 +1,10 @@
-//! The WebSocket protocol of SPEC §5 as pure functions: frames the relay
-//! sends, frames a client may send, error codes and close codes. No I/O.
+//! The relay's own JSON protocol (SPEC §5) as pure functions: frames the
+//! relay sends, frames a client may send, error codes. No I/O.
 
 use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// Close code: idle timeout.
-pub const CLOSE_IDLE: u16 = 1000;
-/// Close code: the relay is shutting down.
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-/// Close code: invalid UTF-8 in a text frame (RFC 6455; not in SPEC's list).
-pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
-/// Close code: policy, e.g. the connection's token was revoked by a reload.
-pub const CLOSE_POLICY: u16 = 1008;
-/// Close code: a client message over `max_client_message_bytes`.
-pub const CLOSE_TOO_BIG: u16 = 1009;
-/// Close code: internal error.
-pub const CLOSE_INTERNAL: u16 = 1011;
-/// Close code: slow consumer (SPEC §6).
-pub const CLOSE_SLOW: u16 = 1013;
+use crate::event::{Data, Event, GapReason};
 
 /// Why a frame from a client was rejected; the `code` of an error frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,25 +241,18 @@ pub fn gap(reason: GapReason) -> Utf8Bytes {
     }
 }
 
-/// Why events may have been missed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GapReason {
-    /// The Redis subscription was interrupted and is live again.
-    RedisReconnected,
-    /// The relay's own Redis reader fell behind and skipped messages
-    /// (an extension of SPEC §5: clients treat every gap the same way).
-    RelayLagged,
+/// `{"type":"event","event":<name>,"data":<data>}`, built once per event
+/// for every native connection.
+pub fn event_frame(event: &Event) -> Utf8Bytes {
+    match &event.data {
+        Data::Json(json) => event_frame_json(&event.name, json),
+        Data::Text(text) => event_frame_with(&event.name, |out| push_json_string(out, text)),
+    }
 }
 
-/// Builds `{"type":"event","event":<name>,"data":<data>}` once per message.
 /// `data_json` must already be a JSON value's text.
-pub fn event_frame(event: &str, data_json: &str) -> Utf8Bytes {
+fn event_frame_json(event: &str, data_json: &str) -> Utf8Bytes {
     event_frame_with(event, |out| out.push_str(data_json))
-}
-
-/// Same as [`event_frame`], with `data` encoded as a JSON string.
-pub fn event_frame_string_data(event: &str, data: &str) -> Utf8Bytes {
-    event_frame_with(event, |out| push_json_string(out, data))
 }
 
 fn event_frame_with(event: &str, data: impl FnOnce(&mut String)) -> Utf8Bytes {
@@ -288,7 +268,7 @@ fn event_frame_with(event: &str, data: impl FnOnce(&mut String)) -> Utf8Bytes {
 }
 
 /// Appends `s` as a JSON string literal.
-fn push_json_string(out: &mut String, s: &str) {
+pub fn push_json_string(out: &mut String, s: &str) {
     out.reserve(s.len() + 2);
     out.push('"');
     let mut start = 0;
@@ -461,11 +441,24 @@ mod tests {
 
     #[test]
     fn event_frames_splice_data_and_escape_strings() {
+        let t = std::time::Instant::now();
+        let e = Event::new(
+            "agent:status",
+            Data::Json(r#"{"a":1}"#.into()),
+            Vec::new(),
+            t,
+        );
         assert_eq!(
-            event_frame("agent:status", r#"{"a":1}"#).as_str(),
+            event_frame(&e).as_str(),
             r#"{"type":"event","event":"agent:status","data":{"a":1}}"#
         );
-        let f = event_frame_string_data("e\"v", "hi \"there\"\n\u{1}é");
+        let e = Event::new(
+            "e\"v",
+            Data::Text("hi \"there\"\n\u{1}é".into()),
+            Vec::new(),
+            t,
+        );
+        let f = event_frame(&e);
         let v: Value = serde_json::from_str(f.as_str()).unwrap();
         assert_eq!(v["event"], "e\"v");
         assert_eq!(v["data"], "hi \"there\"\n\u{1}é");

@@ -4,7 +4,7 @@ use futures_util::StreamExt;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
 
-use crate::shutdown::{self, CancellationToken};
+use super::shutdown::{self, CancellationToken};
 
 /// Registers the handlers. Must be called inside the runtime.
 pub fn install() -> std::io::Result<Signals> {

@@ -1,0 +1,152 @@
+//! A client session, whatever transport carries it: its subscriptions
+//! (mirrored from the hub, to answer limit errors without a round trip),
+//! its token, its `max_connections` slot and its end of the hub queue.
+//! Transports (the WebSocket driver today) are thin loops around it.
+
+pub mod policy;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::auth;
+use crate::ctx::{ConnName, Live, Permit};
+use crate::hub::queue::{self, ConnShared, QueueRx};
+use crate::hub::{Command, HubHandle};
+use crate::wire::Wire;
+pub use policy::Refusal;
+
+/// What a handshake that passed every check hands the session.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The connection's id.
+    pub name: ConnName,
+    /// Subscriptions asked for at the handshake, deduplicated.
+    pub keys: Vec<(String, String)>,
+    /// Firehose asked for at the handshake.
+    pub all: bool,
+    /// The token presented, kept to re-check it when tokens are reloaded.
+    pub token: Option<String>,
+    /// The connection's `max_connections` slot, held as long as the session.
+    pub permit: Permit,
+}
+
+/// One registered client.
+pub struct Session {
+    name: ConnName,
+    subs: HashSet<(String, String)>,
+    all: bool,
+    token: Option<String>,
+    queue: QueueRx,
+    hub: HubHandle,
+    live: Live,
+    _permit: Permit,
+}
+
+impl Session {
+    /// Registers with the hub, which makes the handshake's subscriptions
+    /// live and then queues `welcome`. `None` when the hub has stopped
+    /// (the relay is shutting down).
+    pub async fn open(
+        admitted: Admitted,
+        wire: Wire,
+        welcome: Utf8Bytes,
+        hub: HubHandle,
+        live: Live,
+    ) -> Option<Session> {
+        let limits = live.get().limits.clone();
+        let (queue_tx, queue) = queue::queue(limits.send_queue, limits.send_queue_bytes);
+        let registered = hub
+            .send(Command::Register {
+                id: admitted.name.num,
+                wire,
+                queue: queue_tx,
+                keys: admitted.keys.clone(),
+                all: admitted.all,
+                welcome,
+            })
+            .await;
+        registered.then(|| Session {
+            name: admitted.name,
+            subs: admitted.keys.into_iter().collect(),
+            all: admitted.all,
+            token: admitted.token,
+            queue,
+            hub,
+            live,
+            _permit: admitted.permit,
+        })
+    }
+
+    /// The connection's id.
+    pub fn name(&self) -> &ConnName {
+        &self.name
+    }
+
+    /// The live config.
+    pub fn live(&self) -> &Live {
+        &self.live
+    }
+
+    /// Frames the hub queued for this session.
+    pub fn queue(&mut self) -> &mut QueueRx {
+        &mut self.queue
+    }
+
+    /// The control channel (close requests, shutdown, reload).
+    pub fn control(&self) -> Arc<ConnShared> {
+        self.queue.shared().clone()
+    }
+
+    /// Whether the firehose is on.
+    pub fn firehose(&self) -> bool {
+        self.all
+    }
+
+    /// Applies a subscription change if [`policy`] allows it; `ack` is
+    /// queued once the change is live, before any event it enabled.
+    pub async fn change(
+        &mut self,
+        subscribe: bool,
+        keys: Vec<(String, String)>,
+        all: bool,
+        ack: Utf8Bytes,
+    ) -> Result<(), Refusal> {
+        policy::check(&self.subs, subscribe, &keys, all, &self.live.get())?;
+        for key in &keys {
+            if subscribe {
+                self.subs.insert(key.clone());
+            } else {
+                self.subs.remove(key);
+            }
+        }
+        if all {
+            self.all = subscribe;
+        }
+        // The hub only stops at shutdown, which the transport sees next.
+        let _ = self
+            .hub
+            .send(Command::Change {
+                id: self.name.num,
+                subscribe,
+                keys,
+                all,
+                ack,
+            })
+            .await;
+        Ok(())
+    }
+
+    /// True when the reloaded config no longer accepts this session's token.
+    pub fn token_revoked(&self) -> bool {
+        !auth::token_allowed(self.token.as_deref(), &self.live.get().auth.tokens)
+    }
+
+    /// Leaves the hub; the `max_connections` slot is released with it.
+    pub async fn close(self) {
+        self.hub
+            .send(Command::Unregister { id: self.name.num })
+            .await;
+    }
+}

@@ -1,0 +1,59 @@
+//! Where events come from. A [`Source`] runs until shutdown and hands the
+//! hub [`Ingest`] items through a bounded channel; it reports its own health
+//! through a [`SourceHealth`] flag, so `/healthz` needs no knowledge of any
+//! broker. Redis is one implementation; [`memory::MemorySource`] lets tests
+//! (and embedders) drive the hub and real listeners in-process.
+
+pub mod decode;
+pub mod memory;
+pub mod redis;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::ctx::{Live, SourceHealth};
+use crate::event::{Event, GapReason};
+use crate::metrics::Metrics;
+use crate::util::id::InstanceId;
+
+/// What a source hands the hub.
+#[derive(Debug)]
+pub enum Ingest {
+    /// An event to route.
+    Event(Event),
+    /// Tell every connection that events were missed.
+    Gap(GapReason),
+}
+
+/// The hub's inbox; cloned by every source.
+pub type IngestTx = mpsc::Sender<Ingest>;
+
+/// What a running source gets from the relay.
+pub struct SourceCtx {
+    /// Where its events go.
+    pub ingest: IngestTx,
+    /// Its up/down flag, registered under [`Source::name`].
+    pub health: SourceHealth,
+    /// The live config (routing fields follow reloads).
+    pub live: Live,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// This relay's id, e.g. to tag a liveness canary.
+    pub instance: InstanceId,
+}
+
+/// A boxed source future.
+pub type SourceRun = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A feed of events into the hub.
+pub trait Source: Send {
+    /// Short name for `/healthz` and logs (`redis`, `memory`, …).
+    fn name(&self) -> &'static str;
+
+    /// Runs until `shutdown` (or until the hub is gone).
+    fn run(self: Box<Self>, ctx: SourceCtx, shutdown: CancellationToken) -> SourceRun;
+}

@@ -1,0 +1,69 @@
+//! How clients reach sessions: the HTTP server on every listener
+//! ([`http`]), the checks every handshake passes ([`handshake`]), and the
+//! WebSocket driver ([`ws`]).
+
+pub mod handshake;
+pub mod http;
+pub mod ws;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::ctx::{Admission, ConnIds, Health, Live};
+use crate::hub::HubHandle;
+use crate::metrics::Metrics;
+use crate::util::ratelimit::RateLimit;
+
+/// How often a refused handshake may be logged at info.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// The handles the transports need, built once by the app.
+pub struct Server {
+    /// The live config.
+    pub live: Live,
+    /// The hub.
+    pub hub: HubHandle,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// `max_connections` slots.
+    pub admission: Arc<Admission>,
+    /// Source health, for `/healthz`.
+    pub health: Arc<Health>,
+    /// Connection ids.
+    pub ids: ConnIds,
+    /// The one shutdown signal.
+    pub shutdown: CancellationToken,
+    /// Every HTTP and connection task, waited for by the drain.
+    pub tasks: TaskTracker,
+    refusal_log: RateLimit,
+}
+
+impl Server {
+    /// Bundles the handles.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        live: Live,
+        hub: HubHandle,
+        metrics: Arc<Metrics>,
+        admission: Arc<Admission>,
+        health: Arc<Health>,
+        ids: ConnIds,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Self {
+        Server {
+            live,
+            hub,
+            metrics,
+            admission,
+            health,
+            ids,
+            shutdown,
+            tasks,
+            refusal_log: RateLimit::new(REFUSAL_LOG_EVERY),
+        }
+    }
+}

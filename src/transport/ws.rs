@@ -1,0 +1,394 @@
+//! The WebSocket transport for the relay's own protocol (`/ws`): the 101
+//! answer, then one task per client that selects over its session's queue
+//! (batched writes), the socket, the ping timer, the idle deadline and the
+//! session's control channel (close requests, reload, shutdown). Errors end
+//! here, logged once in the connection's span.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::header::{self, HeaderValue};
+use hyper::upgrade::OnUpgrade;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
+
+use super::handshake::{self, Refused};
+use super::http::{Body, Origin};
+use super::Server;
+use crate::hub::queue::{Outbound, Signal};
+use crate::metrics::{ListenerLabel, Metrics};
+use crate::session::{Admitted, Session};
+use crate::util::id::random_u64;
+use crate::wire::studio::{self, ClientFrame, ErrorCode, FrameError};
+use crate::wire::{close, Wire};
+
+/// Frames taken from the queue per socket write.
+const WRITE_BATCH: usize = 64;
+/// How long to wait for the client's close reply once ours is sent.
+const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+/// tungstenite's read buffer. Client messages are small (4 KiB by default),
+/// larger frames get a buffer sized to the frame once its header is read,
+/// and tungstenite zero-fills this much on every read attempt — so it is
+/// small: the 128 KiB default would also cost 12 GiB at 100k connections.
+const READ_BUFFER: usize = 1024;
+/// Bytes collected before tungstenite writes to the socket; `flush` sends
+/// the rest, so a batch leaves in a few syscalls.
+const WRITE_BUFFER: usize = 16 * 1024;
+
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// The `/ws` request: checks in SPEC §9 order, then 101 and a spawned
+/// connection task.
+pub fn handshake(
+    mut req: Request<hyper::body::Incoming>,
+    at: Origin,
+    server: &Arc<Server>,
+) -> Response<Body> {
+    let config = server.live.get();
+    let key = match handshake::websocket_key(req.version(), req.headers()) {
+        Ok(key) => key,
+        Err(why) => return server.refuse(at.peer, Refused::bad_request(why)),
+    };
+    let checked = match handshake::check(
+        req.uri().query().unwrap_or(""),
+        req.headers(),
+        &config,
+        &server.admission,
+    ) {
+        Ok(c) => c,
+        Err(r) => return server.refuse(at.peer, r),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let admitted = Admitted {
+        name: server.ids.next(),
+        keys: checked.query.keys,
+        all: checked.query.all,
+        token: checked.token,
+        permit: checked.permit,
+    };
+    let span =
+        tracing::info_span!("conn", id = %admitted.name, peer = %at.peer, listener = %at.listener);
+    server
+        .tasks
+        .spawn(run(on_upgrade, admitted, at.listener, server.clone()).instrument(span));
+
+    let mut resp = Response::new(Body::default());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    resp
+}
+
+/// Why the loop ended: a close to send, or nothing to send.
+enum Exit {
+    Close(u16),
+    Gone,
+}
+
+/// Runs one connection from the HTTP upgrade to its last frame.
+async fn run(on_upgrade: OnUpgrade, admitted: Admitted, listener: Arc<str>, server: Arc<Server>) {
+    let config = server.live.get();
+    let upgraded = match timeout(
+        Duration::from_millis(config.limits.handshake_timeout_ms),
+        on_upgrade,
+    )
+    .await
+    {
+        Ok(Ok(u)) => u,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("upgrade timed out");
+            return;
+        }
+    };
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(Some(config.limits.max_client_message_bytes))
+        .max_frame_size(Some(config.limits.max_client_message_bytes));
+    let ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+            .await;
+
+    let label = ListenerLabel {
+        listener: listener.to_string(),
+    };
+    let metrics = server.metrics.clone();
+    metrics.connections_accepted.get_or_create(&label).inc();
+    metrics.connections_open.get_or_create(&label).inc();
+    tracing::debug!(
+        subscriptions = admitted.keys.len(),
+        all = admitted.all,
+        "connected"
+    );
+
+    let welcome = studio::welcome(
+        &admitted.name.text,
+        &config.routing.fields,
+        &admitted.keys,
+        admitted.all,
+    );
+    let session = Session::open(
+        admitted,
+        Wire::Studio,
+        welcome,
+        server.hub.clone(),
+        server.live.clone(),
+    )
+    .await;
+    let mut conn = Conn {
+        ws,
+        metrics: metrics.clone(),
+        buf: Vec::new(),
+        write_timeout: Duration::from_millis(config.limits.write_timeout_ms),
+    };
+    match session {
+        Some(mut session) => {
+            if let Exit::Close(code) = conn.serve(&mut session).await {
+                conn.close(code).await;
+            }
+            session.close().await;
+        }
+        None => conn.close(close::GOING_AWAY).await,
+    }
+    metrics.connections_open.get_or_create(&label).dec();
+}
+
+/// The socket side of one connection.
+struct Conn {
+    ws: Ws,
+    metrics: Arc<Metrics>,
+    buf: Vec<Outbound>,
+    write_timeout: Duration,
+}
+
+impl Conn {
+    async fn serve(&mut self, session: &mut Session) -> Exit {
+        let control = session.control();
+        let limits = session.live().get().limits.clone();
+        let ping_every = Duration::from_millis(limits.ping_interval_ms);
+        let idle = Duration::from_millis(limits.idle_timeout_ms);
+        // Timers live across loop turns and are reset, not re-created: a
+        // wakeup per event must not cost two timer-wheel insertions.
+        let ping = tokio::time::sleep(ping_every);
+        let idle_deadline = tokio::time::sleep(idle);
+        tokio::pin!(ping, idle_deadline);
+        loop {
+            tokio::select! {
+                biased;
+                signal = control.next_signal() => match signal {
+                    Signal::Close(code) => return Exit::Close(code),
+                    Signal::Shutdown => return self.drain_for_shutdown(session).await,
+                    Signal::Reload => {
+                        if session.token_revoked() {
+                            tracing::info!("token no longer valid after reload; closing with 1008");
+                            return Exit::Close(close::POLICY);
+                        }
+                    }
+                },
+                n = session.queue().recv_many(&mut self.buf, WRITE_BATCH) => {
+                    if n == 0 {
+                        // The hub is gone: the relay is shutting down.
+                        return self.drain_for_shutdown(session).await;
+                    }
+                    if let Err(exit) = self.write_batch().await {
+                        return exit;
+                    }
+                }
+                msg = self.ws.next() => {
+                    if !idle.is_zero() {
+                        idle_deadline.as_mut().reset(Instant::now() + idle);
+                    }
+                    match msg {
+                        None => return Exit::Gone,
+                        Some(Ok(msg)) => {
+                            if let Some(exit) = self.on_message(msg, session).await {
+                                return exit;
+                            }
+                        }
+                        Some(Err(e)) => return read_error(e),
+                    }
+                }
+                _ = &mut ping, if !ping_every.is_zero() => {
+                    ping.as_mut().reset(Instant::now() + ping_every);
+                    if self.send_now(Message::Ping(Default::default())).await.is_err() {
+                        return Exit::Gone;
+                    }
+                }
+                _ = &mut idle_deadline, if !idle.is_zero() => return Exit::Close(close::IDLE),
+            }
+        }
+    }
+
+    /// Writes the frames in `buf` as one batch: feed each, flush once.
+    async fn write_batch(&mut self) -> Result<(), Exit> {
+        let frames = self.buf.len();
+        let first_received = self.buf.iter().find_map(|o| o.received);
+        let events = self.buf.iter().filter(|o| o.received.is_some()).count();
+        let ws = &mut self.ws;
+        let buf = &mut self.buf;
+        let write = async {
+            for out in buf.drain(..) {
+                ws.feed(Message::Text(out.frame)).await?;
+            }
+            ws.flush().await
+        };
+        match timeout(self.write_timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "write failed");
+                return Err(Exit::Gone);
+            }
+            Err(_) => {
+                tracing::info!("socket stopped draining; dropping connection");
+                self.metrics.slow_consumer_disconnects.inc();
+                return Err(Exit::Gone);
+            }
+        }
+        self.metrics.events_delivered.inc_by(events as u64);
+        if let Some(t) = first_received {
+            self.metrics
+                .fanout_latency
+                .observe(t.elapsed().as_secs_f64());
+        }
+        // Give back a burst's buffer so idle connections stay small.
+        if frames < WRITE_BATCH && self.buf.capacity() > 8 {
+            self.buf = Vec::new();
+        }
+        Ok(())
+    }
+
+    async fn on_message(&mut self, msg: Message, session: &mut Session) -> Option<Exit> {
+        match msg {
+            Message::Text(text) => match on_text(&text, session).await {
+                Some(frame) => self.send_now(Message::Text(frame)).await.err(),
+                None => None,
+            },
+            Message::Binary(_) => {
+                let err = FrameError {
+                    code: ErrorCode::Unsupported,
+                    message: "binary frames are not supported; send JSON text frames".into(),
+                };
+                self.send_now(Message::Text(studio::error(&err)))
+                    .await
+                    .err()
+            }
+            // tungstenite queued the pong (or close reply); push it out.
+            Message::Ping(_) => self.flush().await.err(),
+            Message::Close(_) => {
+                let _ = self.flush().await;
+                Some(Exit::Gone)
+            }
+            Message::Pong(_) | Message::Frame(_) => None,
+        }
+    }
+
+    async fn send_now(&mut self, msg: Message) -> Result<(), Exit> {
+        match timeout(self.write_timeout, self.ws.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Exit::Gone),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Exit> {
+        match timeout(self.write_timeout, self.ws.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Exit::Gone),
+        }
+    }
+
+    /// Shutdown: send what is already queued, wait a jittered moment so
+    /// thousands of clients do not reconnect in the same millisecond, close 1001.
+    async fn drain_for_shutdown(&mut self, session: &mut Session) -> Exit {
+        let grace = Duration::from_millis(session.live().get().limits.shutdown_grace_ms);
+        let deadline = Instant::now() + grace;
+        loop {
+            session.queue().drain_now(&mut self.buf, WRITE_BATCH);
+            if self.buf.is_empty() {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, self.write_batch()).await {
+                Ok(Ok(())) => {}
+                _ => return Exit::Gone,
+            }
+        }
+        let spread = (grace / 4).min(Duration::from_secs(1));
+        if !spread.is_zero() {
+            let delay = random_u64() % (spread.as_millis() as u64).max(1);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        Exit::Close(close::GOING_AWAY)
+    }
+
+    /// Sends a close frame (a slow reader gets `write_timeout` to take it),
+    /// then waits briefly for the client's reply so the frame is not lost
+    /// to a TCP reset.
+    async fn close(&mut self, code: u16) {
+        let reason = close::reason(code);
+        tracing::debug!(code, reason, "closing");
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        match timeout(self.write_timeout, self.ws.close(Some(frame))).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+        let _ = timeout(CLOSE_REPLY_TIMEOUT, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+}
+
+/// Handles a client text frame; returns a frame to send right away
+/// (pong or error). Acks travel through the hub and the queue.
+async fn on_text(text: &str, session: &mut Session) -> Option<Utf8Bytes> {
+    let config = session.live().get();
+    let (subscribe, change) = match studio::parse_client_frame(text, &config.routing.fields) {
+        Ok(ClientFrame::Ping) => return Some(studio::PONG),
+        Ok(ClientFrame::Subscribe(c)) => (true, c),
+        Ok(ClientFrame::Unsubscribe(c)) => (false, c),
+        Err(e) => return Some(studio::error(&e)),
+    };
+    let ack = studio::ack(subscribe, &change.echo);
+    match session
+        .change(subscribe, change.keys, change.all, ack)
+        .await
+    {
+        Ok(()) => None,
+        Err(refusal) => Some(studio::error(&FrameError::from(refusal))),
+    }
+}
+
+/// Maps a read error to the close it deserves.
+fn read_error(e: WsError) -> Exit {
+    match e {
+        WsError::Capacity(_) => Exit::Close(close::TOO_BIG),
+        WsError::Utf8(_) => Exit::Close(close::INVALID_PAYLOAD),
+        WsError::Protocol(p) => {
+            tracing::debug!(error = %p, "protocol error");
+            Exit::Close(close::PROTOCOL_ERROR)
+        }
+        WsError::ConnectionClosed | WsError::AlreadyClosed => Exit::Gone,
+        other => {
+            tracing::debug!(error = %other, "read failed");
+            Exit::Gone
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Leaf helpers that hold no relay state: jittered backoff, random ids,
+//! Redis glob patterns, a rate limiter for log lines.
+
+pub mod backoff;
+pub mod id;
+pub mod pattern;
+pub mod ratelimit;

@@ -1,0 +1,49 @@
+//! Wire formats: how an [`Event`] and the control frames look to a client,
+//! and how client frames are parsed. Pure: no I/O, no state.
+//!
+//! The hub asks each connection's [`Wire`] for an event's frame; the frame
+//! is encoded once per event and format and shared by refcount.
+
+pub mod close;
+pub mod studio;
+
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::event::{Event, GapReason, WIRE_SLOTS};
+
+/// The protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// The relay's own JSON protocol on `/ws` (SPEC §5).
+    Studio,
+}
+
+const _: () = assert!(Wire::COUNT <= WIRE_SLOTS);
+
+impl Wire {
+    /// Number of wire formats.
+    pub const COUNT: usize = 1;
+
+    /// This format's frame-cache slot on an [`Event`].
+    pub fn slot(self) -> usize {
+        match self {
+            Wire::Studio => 0,
+        }
+    }
+
+    /// The event's frame in this format, encoded on first use.
+    pub fn event_frame(self, event: &Event) -> Utf8Bytes {
+        event
+            .frame(self.slot(), |e| match self {
+                Wire::Studio => studio::event_frame(e),
+            })
+            .clone()
+    }
+
+    /// The gap notice in this format.
+    pub fn gap_frame(self, reason: GapReason) -> Utf8Bytes {
+        match self {
+            Wire::Studio => studio::gap(reason),
+        }
+    }
+}
