@@ -9,7 +9,7 @@ UNIT_DIR     ?= /etc/systemd/system
 BIN          ?= target/release/studio-relay
 REDIS_URL    ?= redis://127.0.0.1:6379
 
-.PHONY: all build release run test lint fmt demo bench bench-compare bench-smoke install uninstall clean
+.PHONY: all build release run test lint fmt demo bench bench-compare bench-smoke bench-micro install uninstall clean
 
 all: build
 
@@ -47,6 +47,10 @@ bench: release
 bench-smoke:
 	$(CARGO) build --workspace
 	bash bench/smoke.sh
+
+## The per-event hot path (decode, encode, route) in-process, ns per operation.
+bench-micro:
+	$(CARGO) bench --bench hotpath
 
 bench-compare: release
 	bash bench/compare.sh
