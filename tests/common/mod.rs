@@ -5,7 +5,7 @@
 //!
 //! Layout:
 //! - `redis.rs`  a private redis-server process (start, kill, restart,
-//!   signal) and [`RedisConn`], a minimal RESP connection for publishing
+//!   signal) and [`RedisConn`], a connection over the bench's RESP client
 //! - `relay.rs`  the relay process: start options, logs, health, metrics,
 //!   reload, exit
 //! - `client.rs` the WebSocket client

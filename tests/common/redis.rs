@@ -1,9 +1,13 @@
-//! A private redis-server process, and a minimal RESP connection to it.
+//! A private redis-server process, and a connection to it that speaks RESP
+//! through the bench's client (`studio_relay_bench::resp`).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
+use anyhow::Context;
+use bytes::{Buf, BytesMut};
+use studio_relay_bench::resp::{self, Item};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::{free_port, TempDir};
@@ -128,73 +132,84 @@ impl Drop for Redis {
     }
 }
 
-/// A minimal RESP client for publishing.
+/// One reply, as much of it as the tests look at.
+#[derive(Debug)]
+pub enum Reply {
+    Int(i64),
+    Error(String),
+    /// A simple or bulk string, nil, or an array.
+    Other,
+}
+
+/// A RESP connection for publishing: the bench's encoder and frame parser
+/// over one TCP stream.
 pub struct RedisConn {
-    r: TokioBufReader<tokio::net::tcp::OwnedReadHalf>,
-    w: tokio::net::tcp::OwnedWriteHalf,
+    stream: TcpStream,
+    buf: BytesMut,
+    /// Encoded commands, reused.
+    out: Vec<u8>,
 }
 
 impl RedisConn {
-    pub async fn connect(port: u16) -> std::io::Result<RedisConn> {
-        let s = tokio::time::timeout(
+    pub async fn connect(port: u16) -> anyhow::Result<RedisConn> {
+        let stream = tokio::time::timeout(
             Duration::from_secs(1),
             TcpStream::connect(("127.0.0.1", port)),
         )
         .await
-        .map_err(|_| std::io::Error::other("connect timeout"))??;
-        let (r, w) = s.into_split();
+        .context("connect timeout")??;
         Ok(RedisConn {
-            r: TokioBufReader::new(r),
-            w,
+            stream,
+            buf: BytesMut::with_capacity(4096),
+            out: Vec::new(),
         })
     }
 
-    fn encode(args: &[&[u8]]) -> Vec<u8> {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            out.extend_from_slice(a);
-            out.extend_from_slice(b"\r\n");
-        }
-        out
-    }
-
-    async fn read_reply(&mut self) -> std::io::Result<String> {
-        let mut line = String::new();
-        tokio::time::timeout(Duration::from_secs(5), self.r.read_line(&mut line))
-            .await
-            .map_err(|_| std::io::Error::other("reply timeout"))??;
-        if let Some(len) = line.strip_prefix('$') {
-            let n: i64 = len.trim().parse().unwrap_or(-1);
-            if n >= 0 {
-                let mut buf = vec![0; n as usize + 2];
-                self.r.read_exact(&mut buf).await?;
-                return Ok(String::from_utf8_lossy(&buf[..n as usize]).into_owned());
+    /// Reads the next reply (a Redis error is `Ok(Reply::Error)`).
+    async fn read_reply(&mut self) -> anyhow::Result<Reply> {
+        let (frame, used) = tokio::time::timeout(
+            Duration::from_secs(5),
+            resp::read_frame(&mut self.stream, &mut self.buf),
+        )
+        .await
+        .context("reply timeout")??;
+        let reply = match (frame.is_array, frame.items[0]) {
+            (false, Item::Int(n)) => Reply::Int(n),
+            (false, Item::Error(a, b)) => {
+                Reply::Error(String::from_utf8_lossy(&self.buf[a..b]).into_owned())
             }
-        }
-        Ok(line.trim_end().to_owned())
+            _ => Reply::Other,
+        };
+        self.buf.advance(used);
+        Ok(reply)
     }
 
-    pub async fn command(&mut self, args: &[&[u8]]) -> std::io::Result<String> {
-        self.w.write_all(&Self::encode(args)).await?;
+    /// Sends one command and reads its reply.
+    pub async fn command(&mut self, args: &[&[u8]]) -> anyhow::Result<Reply> {
+        self.out.clear();
+        resp::command(&mut self.out, args);
+        self.stream.write_all(&self.out).await?;
         self.read_reply().await
     }
 
     pub async fn publish(&mut self, channel: &str, payload: impl AsRef<[u8]>) -> i64 {
-        let reply = self
+        match self
             .command(&[b"PUBLISH", channel.as_bytes(), payload.as_ref()])
             .await
-            .unwrap();
-        reply.trim_start_matches(':').parse().unwrap()
+            .unwrap()
+        {
+            Reply::Int(n) => n,
+            other => panic!("PUBLISH answered {other:?}"),
+        }
     }
 
     /// Pipelines many PUBLISHes, then reads every reply.
     pub async fn publish_many(&mut self, items: &[(String, String)]) {
-        let mut buf = Vec::new();
+        self.out.clear();
         for (c, p) in items {
-            buf.extend(Self::encode(&[b"PUBLISH", c.as_bytes(), p.as_bytes()]));
+            resp::command(&mut self.out, &[b"PUBLISH", c.as_bytes(), p.as_bytes()]);
         }
-        self.w.write_all(&buf).await.unwrap();
+        self.stream.write_all(&self.out).await.unwrap();
         for _ in items {
             self.read_reply().await.unwrap();
         }
