@@ -19,9 +19,17 @@ build:
 release:
 	$(CARGO) build --release --workspace
 
+# The one release build `make run` and `make demo` share. Building the
+# example enables the dev-dependencies' features (tokio "process",
+# tokio-tungstenite "connect"); building the binary alone would resolve other
+# features and compile most of the tree a second time.
+RUN_BUILD     = $(CARGO) build --release --bin studio-relay --example client
+RELEASE_DIR  ?= target/release
+
 ## Run the relay with the repo's relay.toml against Redis on 127.0.0.1:6379 (or $REDIS_URL).
 run:
-	REDIS_URL=$(REDIS_URL) $(CARGO) run --release --bin studio-relay -- --config relay.toml
+	$(RUN_BUILD)
+	REDIS_URL=$(REDIS_URL) $(RELEASE_DIR)/studio-relay --config relay.toml
 
 ## Every test: unit tests beside the code, black-box tests in tests/ (each starts its own redis-server).
 test:
@@ -34,10 +42,11 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## A private redis-server, the relay, a client, and a few published events.
+## A private redis-server, the relay, a client, and a few published events
+## (the release build `make run` uses; needs redis-server and redis-cli).
 demo:
-	$(CARGO) build --bin studio-relay --example client
-	bash scripts/demo.sh
+	$(RUN_BUILD)
+	bash scripts/demo.sh $(RELEASE_DIR)
 
 ## Benchmarks print numbers; they are not tests.
 bench: release

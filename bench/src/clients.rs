@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Buf, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use studio_relay_bench::resp::{self, Item, RedisUrl};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
@@ -19,7 +20,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::payload::{now_ns, parse_event, Dest};
-use crate::resp::{self, Item, RedisUrl};
 use crate::Target;
 
 /// Broadcast ids (the `seq` of a `bcast` payload).

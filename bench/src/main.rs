@@ -7,8 +7,8 @@
 mod clients;
 mod payload;
 mod procfs;
+mod publisher;
 mod report;
-mod resp;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use serde_json::{json, Value};
+use studio_relay_bench::resp::RedisUrl;
 use tokio::sync::Semaphore;
 
 use crate::clients::{run_client, Ctx, BCAST_IDLE, BCAST_WARMUP};
 use crate::payload::Dest;
-use crate::resp::{Publisher, RedisUrl};
+use crate::publisher::Publisher;
 
 /// What is being measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -1,19 +1,14 @@
-//! A tiny RESP2 client: just enough for a pipelining PUBLISHer and for raw
-//! PSUBSCRIBE subscribers. No dependency, no allocation per message.
+//! A tiny RESP2 client: the command encoder, an incremental frame parser
+//! and AUTH. The bench's pipelining PUBLISHer and raw PSUBSCRIBE subscribers
+//! use it, and so do the black-box tests' Redis connections (tests/common).
+//! No Redis client crate, no allocation per message.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
-
-use crate::payload::{now_ns, payload_len, write_payload, Dest};
 
 /// `redis://[user[:password]@]host:port[/db]`
 #[derive(Clone, Debug)]
@@ -206,158 +201,6 @@ pub async fn auth(stream: &mut TcpStream, url: &RedisUrl) -> Result<()> {
         bail!("AUTH failed: {}", String::from_utf8_lossy(&buf[a..b]));
     }
     Ok(())
-}
-
-/// Counters filled by the publisher's reply reader.
-#[derive(Default)]
-pub struct PubStats {
-    pub replies: AtomicU64,
-    /// Sum of PUBLISH replies: how many subscriptions Redis delivered to.
-    pub receivers: AtomicU64,
-    pub errors: AtomicU64,
-    pub last_error: Mutex<Option<String>>,
-}
-
-/// PUBLISH with pipelining and a bounded window of outstanding replies.
-pub struct Publisher {
-    wr: OwnedWriteHalf,
-    window: usize,
-    sem: Arc<Semaphore>,
-    buf: Vec<u8>,
-    channel: Vec<u8>,
-    payload_bytes: usize,
-    pub stats: Arc<PubStats>,
-    pub published: u64,
-}
-
-impl Publisher {
-    pub async fn connect(
-        url: &RedisUrl,
-        channel: &str,
-        window: usize,
-        payload_bytes: usize,
-    ) -> Result<Self> {
-        let addr = url.resolve().await?;
-        let mut s = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to redis at {addr}"))?;
-        s.set_nodelay(true)?;
-        auth(&mut s, url).await?;
-        let (mut rd, wr) = s.into_split();
-        let window = window.max(1);
-        let sem = Arc::new(Semaphore::new(window));
-        let stats = Arc::new(PubStats::default());
-        let (sem2, stats2) = (sem.clone(), stats.clone());
-        tokio::spawn(async move {
-            let mut buf = BytesMut::with_capacity(64 * 1024);
-            let res: Result<()> = async {
-                loop {
-                    while let Some((f, used)) = parse_frame(&buf)? {
-                        match f.items[0] {
-                            Item::Int(n) => {
-                                stats2
-                                    .receivers
-                                    .fetch_add(u64::try_from(n).unwrap_or(0), Ordering::Relaxed);
-                            }
-                            Item::Error(a, b) => {
-                                stats2.errors.fetch_add(1, Ordering::Relaxed);
-                                let msg = String::from_utf8_lossy(&buf[a..b]).into_owned();
-                                if let Ok(mut e) = stats2.last_error.lock() {
-                                    *e = Some(msg);
-                                }
-                            }
-                            _ => {}
-                        }
-                        stats2.replies.fetch_add(1, Ordering::Relaxed);
-                        buf.advance(used);
-                        sem2.add_permits(1);
-                    }
-                    if rd.read_buf(&mut buf).await? == 0 {
-                        bail!("redis closed the publisher connection");
-                    }
-                }
-            }
-            .await;
-            if let Err(e) = res {
-                if let Ok(mut le) = stats2.last_error.lock() {
-                    *le = Some(format!("{e:#}"));
-                }
-                // Unblock a publisher waiting for permits; it fails on write.
-                sem2.close();
-            }
-        });
-        Ok(Self {
-            wr,
-            window,
-            sem,
-            buf: Vec::with_capacity(256 * 1024),
-            channel: channel.as_bytes().to_vec(),
-            payload_bytes,
-            stats,
-            published: 0,
-        })
-    }
-
-    /// Waits until at least one reply slot is free; returns how many commands
-    /// (1..=max) may be queued now.
-    pub async fn reserve(&self, max: usize) -> Result<usize> {
-        let max = max.max(1);
-        self.sem
-            .acquire()
-            .await
-            .context("publisher connection failed")?
-            .forget();
-        let extra = self.sem.available_permits().min(max - 1);
-        if extra > 0 {
-            if let Ok(p) = self.sem.try_acquire_many(u32::try_from(extra)?) {
-                p.forget();
-                return Ok(extra + 1);
-            }
-        }
-        Ok(1)
-    }
-
-    /// Queues one PUBLISH (call `reserve` first); timestamped now.
-    pub fn push(&mut self, dest: Dest, seq: u64) {
-        let ts = now_ns();
-        let plen = payload_len(dest, seq, ts, self.payload_bytes);
-        self.buf.extend_from_slice(
-            format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n", self.channel.len()).as_bytes(),
-        );
-        self.buf.extend_from_slice(&self.channel);
-        self.buf
-            .extend_from_slice(format!("\r\n${plen}\r\n").as_bytes());
-        write_payload(&mut self.buf, dest, seq, ts, self.payload_bytes);
-        self.buf.extend_from_slice(b"\r\n");
-        self.published += 1;
-    }
-
-    pub async fn flush(&mut self) -> Result<()> {
-        if !self.buf.is_empty() {
-            self.wr
-                .write_all(&self.buf)
-                .await
-                .context("writing PUBLISH to redis")?;
-            self.buf.clear();
-        }
-        Ok(())
-    }
-
-    /// Waits (bounded) until every PUBLISH sent so far has been answered.
-    pub async fn wait_replies(&self, timeout: Duration) -> bool {
-        let until = tokio::time::Instant::now() + timeout;
-        while self.sem.available_permits() < self.window {
-            if tokio::time::Instant::now() >= until || self.sem.is_closed() {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        true
-    }
-
-    pub fn last_error(&self) -> Option<String> {
-        self.stats.last_error.lock().ok().and_then(|e| e.clone())
-    }
 }
 
 #[cfg(test)]
