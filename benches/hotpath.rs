@@ -19,10 +19,19 @@ use studio_relay::source::Ingest;
 use studio_relay::wire::Wire;
 
 /// Claude Studio's routing fields (see ../shared/corpus/README.md).
-const FIELDS: [&str; 5] = ["agentId", "sessionId", "targetAgentId", "threadId", "projectId"];
+const FIELDS: [&str; 5] = [
+    "agentId",
+    "sessionId",
+    "targetAgentId",
+    "threadId",
+    "projectId",
+];
 
 fn corpus() -> Vec<(String, String)> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus/claude-studio-events.jsonl");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/corpus/claude-studio-events.jsonl"
+    );
     let text = std::fs::read_to_string(path).unwrap_or_else(|_| {
         r#"{"event":"message:new","data":{"sessionId":"dev_01","projectId":"proj_7","message":{"role":"assistant","content":"hello"}}}"#.to_owned()
     });
@@ -62,11 +71,18 @@ fn register(hub: &mut Hub, id: u64, keys: Vec<(String, String)>, all: bool) -> Q
 
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
-    let budget = if bench { Duration::from_secs(2) } else { Duration::from_millis(5) };
+    let budget = if bench {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_millis(5)
+    };
     let fields: Vec<Arc<str>> = FIELDS.iter().map(|f| Arc::from(*f)).collect();
     let events = corpus();
     let bytes: usize = events.iter().map(|(_, d)| d.len()).sum::<usize>() / events.len().max(1);
-    println!("hot path, {} corpus events of {bytes} bytes on average", events.len());
+    println!(
+        "hot path, {} corpus events of {bytes} bytes on average",
+        events.len()
+    );
 
     let mut i = 0;
     let ns = time(budget, || {
@@ -103,7 +119,11 @@ fn main() {
             .collect();
         let mut sink = Vec::new();
         let mut k = 0usize;
-        let per_event = if agents == 0 { clients } else { clients / agents };
+        let per_event = if agents == 0 {
+            clients
+        } else {
+            clients / agents
+        };
         let ns = time(budget, || {
             let payload = match agents {
                 0 => r#"{"n":1}"#.to_owned(),

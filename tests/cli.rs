@@ -156,4 +156,9 @@ fn port_in_use_is_exit_1_and_names_the_address() {
     let (code, _, err) = run(&["--config", path.to_str().unwrap()], &dir.0, &[]);
     assert_eq!(code, 1);
     assert!(err.contains(&addr.to_string()), "{err}");
+    assert_eq!(
+        err.matches("os error").count(),
+        1,
+        "the OS error once: {err}"
+    );
 }

@@ -202,3 +202,92 @@ async fn allowed_origin_and_bearer_header_connect() {
     .unwrap();
     assert_eq!(c.welcome["subscriptions"]["agentId"][0], "a");
 }
+
+/// An operator whose browser fails to connect must see why at `info`, and
+/// every refusal — also those hyper answers itself for an oversized head —
+/// is counted.
+#[tokio::test]
+async fn refusals_are_logged_at_info_and_all_of_them_are_counted() {
+    let redis = Redis::start().await;
+    let relay = Relay::start_with(
+        &redis.url(),
+        common::RelayOpts {
+            extra: "[auth]\ntokens = [\"sekret-token\"]\n".into(),
+            log_level: "info".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let from = relay.log_len();
+    let r = http(
+        relay.addr(),
+        "GET",
+        "/ws?token=wrong-token-value",
+        &ws_headers(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 401);
+    let line = relay.wait_log(from, "handshake refused").await;
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["reason"], "unauthorized");
+    assert!(
+        line["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{line}"
+    );
+    assert!(
+        !relay.log_text().contains("wrong-token-value"),
+        "a token reached the log"
+    );
+
+    // Distinct invalid byte strings must not collapse into U+FFFD.
+    let r = http(
+        relay.addr(),
+        "GET",
+        "/ws?agentId=%ff%fe&token=sekret-token",
+        &ws_headers(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("UTF-8"), "{}", r.body);
+
+    // One huge header (hyper: 431 or 400) and a huge query: refused by
+    // hyper before routing, counted all the same.
+    let big = "x".repeat(70 * 1024);
+    let r = http(relay.addr(), "GET", "/ws", &[("X-Big", big.as_str())]).await;
+    assert!(r.map_or(true, |r| r.status == 431 || r.status == 400));
+    let r = http(
+        relay.addr(),
+        "GET",
+        &format!("/ws?agentId={big}"),
+        &ws_headers(),
+    )
+    .await;
+    assert!(r.map_or(true, |r| r.status == 431
+        || r.status == 400
+        || r.status == 414));
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let bad = relay
+            .metric("relay_handshake_rejections_total{reason=\"bad_request\"}")
+            .await;
+        if bad >= 3.0 {
+            assert_eq!(bad, 3.0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bad_request count stuck at {bad}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        relay
+            .metric("relay_handshake_rejections_total{reason=\"unauthorized\"}")
+            .await,
+        1.0
+    );
+}
