@@ -69,7 +69,19 @@ impl LimitsConfig {
                 "must be at least 64 (a subscribe frame must fit)",
             ));
         }
-        Ok(Vec::new())
+        let mut warnings = Vec::new();
+        // The client's pong is what keeps a quiet connection from counting as
+        // idle; an idle close that comes first drops healthy clients.
+        if self.ping_interval_ms > 0
+            && self.idle_timeout_ms > 0
+            && self.idle_timeout_ms <= self.ping_interval_ms
+        {
+            warnings.push(format!(
+                "limits.idle_timeout_ms ({}) is not above limits.ping_interval_ms ({}): a client that only answers pings is closed as idle before the next ping",
+                self.idle_timeout_ms, self.ping_interval_ms
+            ));
+        }
+        Ok(warnings)
     }
 }
 
@@ -84,5 +96,21 @@ mod tests {
             (e.key.as_str(), e.line, e.column),
             ("limits.send_queue", 3, 14)
         );
+    }
+
+    #[test]
+    fn idle_timeout_not_above_ping_interval_warns() {
+        let l = parse("[limits]\nping_interval_ms = 60000\nidle_timeout_ms = 30000\n").unwrap();
+        assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+        assert!(l.warnings[0].contains("limits.idle_timeout_ms"));
+        let l = parse("[limits]\nping_interval_ms = 30000\nidle_timeout_ms = 30000\n").unwrap();
+        assert_eq!(l.warnings.len(), 1);
+        for fine in [
+            "",
+            "[limits]\nping_interval_ms = 0\nidle_timeout_ms = 1000\n",
+            "[limits]\nping_interval_ms = 60000\nidle_timeout_ms = 0\n",
+        ] {
+            assert!(parse(fine).unwrap().warnings.is_empty(), "{fine}");
+        }
     }
 }

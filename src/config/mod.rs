@@ -26,10 +26,13 @@ pub use redis::{redact_url, RedisConfig, CANARY_SUFFIX};
 pub use routing::RoutingConfig;
 pub use security::SecurityConfig;
 
-use locate::{key_span, line_col};
+use locate::{key_span, line_col, syntax_key};
 
 /// System-wide config path, the last place looked at.
 pub const ETC_CONFIG: &str = "/etc/studio-relay/relay.toml";
+
+/// Key named by a TOML syntax error whose line names nothing (SPEC-NOTES).
+const SYNTAX_KEY: &str = "syntax";
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -38,6 +41,7 @@ pub struct Config {
     /// `[redis]`
     pub redis: RedisConfig,
     /// `[[listeners]]`; empty means one listener on [`DEFAULT_BIND`].
+    #[serde(deserialize_with = "listeners::deserialize_listeners")]
     pub listeners: Vec<ListenerConfig>,
     /// `[routing]`
     pub routing: RoutingConfig,
@@ -102,7 +106,8 @@ pub struct ConfigError {
     pub line: usize,
     /// 1-based column.
     pub column: usize,
-    /// Dotted key path (`limits.send_queue`), or `-` when no key applies.
+    /// Dotted key path (`limits.send_queue`); `syntax` for a TOML syntax
+    /// error on a line that names no key, `-` for a file that cannot be read.
     pub key: String,
     /// What is wrong.
     pub message: String,
@@ -158,12 +163,15 @@ pub fn load(source: &ConfigSource, redis_url: Option<&str>) -> Result<Loaded, Co
 /// Parses and validates config text; `file` only labels errors.
 pub fn parse_str(text: &str, file: &str, redis_url: Option<&str>) -> Result<Loaded, ConfigError> {
     let deserializer = toml::Deserializer::parse(text).map_err(|e| {
-        let (line, column) = line_col(text, e.span());
+        let span = e.span();
+        let (line, column) = line_col(text, span.clone());
         ConfigError {
             file: file.to_owned(),
             line,
             column,
-            key: "-".into(),
+            key: span
+                .and_then(|s| syntax_key(text, s.start))
+                .unwrap_or_else(|| SYNTAX_KEY.into()),
             message: e.message().trim().to_owned(),
         }
     })?;
@@ -356,7 +364,23 @@ mod tests {
     fn syntax_error_has_position() {
         let e = parse("[redis\nurl = 1\n").unwrap_err();
         assert_eq!(e.line, 1);
-        assert_eq!(e.key, "-");
+        // Was `-`: the broken header is named instead.
+        assert_eq!(e.key, "redis");
+    }
+
+    #[test]
+    fn syntax_error_names_the_key_of_the_broken_line() {
+        let e = parse("[limits]\nsend_queue = = 3\n").unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.line, e.column),
+            ("limits.send_queue", 2, 14)
+        );
+        assert_eq!(
+            e.to_string(),
+            "relay.toml:2:14: limits.send_queue: extra `=`, expected nothing"
+        );
+        let e = parse("= 3\n").unwrap_err();
+        assert_eq!(e.key, "syntax");
     }
 
     #[test]
@@ -387,6 +411,10 @@ mod tests {
     fn sections_are_validated_in_file_order() {
         let e = parse("[redis]\npatterns = []\n[limits]\nsend_queue = 0\n").unwrap_err();
         assert_eq!(e.key, "redis.patterns");
+        let l =
+            parse("[redis]\npatterns = [\"cs:*\", \"cs:a:*\"]\n[limits]\nidle_timeout_ms = 1\n")
+                .unwrap();
+        assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
     }
 
     #[test]

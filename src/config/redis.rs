@@ -76,7 +76,15 @@ impl RedisConfig {
     pub(super) fn validate(&self) -> Checked {
         let mut warnings = Vec::new();
 
-        let scheme = self.url.split_once("://").map_or("", |(s, _)| s);
+        let Some((scheme, _)) = self.url.split_once("://") else {
+            // Naming an empty scheme would not tell someone who wrote
+            // `localhost:6379` what is missing. The URL is not echoed: it may
+            // hold a password.
+            return Err(Invalid::new(
+                "redis.url",
+                "missing scheme: write it as redis://HOST:PORT (or rediss://, redis-cluster://, redis-sentinel://)",
+            ));
+        };
         if !REDIS_SCHEMES.contains(&scheme) {
             return Err(Invalid::new(
                 "redis.url",
@@ -163,6 +171,18 @@ mod tests {
     fn bad_url_is_located_at_redis_url() {
         let e = parse("[redis]\nurl = \"http://x\"\n").unwrap_err();
         assert_eq!(e.key, "redis.url");
+    }
+
+    #[test]
+    fn url_without_scheme_says_so_and_does_not_echo_it() {
+        for url in ["localhost:6379", "", "u:hunter2@h:1"] {
+            let e = parse(&format!("[redis]\nurl = \"{url}\"\n")).unwrap_err();
+            assert_eq!((e.key.as_str(), e.line, e.column), ("redis.url", 2, 7));
+            assert!(e.message.starts_with("missing scheme"), "{e}");
+            assert!(!e.message.contains("hunter2"), "{e}");
+        }
+        let e = parse("[redis]\nurl = \"http://x\"\n").unwrap_err();
+        assert!(e.message.contains("unsupported scheme \"http\""), "{e}");
     }
 
     #[test]
