@@ -58,7 +58,58 @@ fn check_reports_file_line_column_key_and_exits_2() {
         &[],
     );
     assert_eq!(code, 2);
-    assert!(err.contains(":2:8: listeners[0].bind: "), "{err}");
+    assert!(
+        err.contains(":2:8: listeners[0].bind: port 99999 is out of range (0–65535)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_says_what_is_wrong_where_a_new_user_trips() {
+    let dir = TempDir::new();
+    let path = dir.0.join("bad.toml");
+    for (text, expected) in [
+        // EnvFilter would take this as a target and the relay would log nothing.
+        (
+            "[log]\nlevel = \"verbose!!\"\n",
+            ":2:9: log.level: \"verbose!!\" is not a log level",
+        ),
+        (
+            "[[listeners]]\nbind = \"localhost:9311\"\n",
+            ":2:8: listeners[0].bind: hostnames are not accepted, use an IP address (e.g. 127.0.0.1:9311 or [::1]:9311)",
+        ),
+        (
+            "[limits]\nsend_queue = = 3\n",
+            ":2:14: limits.send_queue: ",
+        ),
+        ("[redis\nurl = 1\n", ":1:7: redis: "),
+        ("= 3\n", ":1:1: syntax: "),
+        (
+            "[listeners]\nbind = \"127.0.0.1:1\"\n",
+            ":1:1: listeners: write [[listeners]]",
+        ),
+        (
+            "[redis]\nurl = \"localhost:6379\"\n",
+            ":2:7: redis.url: missing scheme",
+        ),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let (code, out, err) = run(
+            &["--check", "--config", path.to_str().unwrap()],
+            &dir.0,
+            &[],
+        );
+        assert_eq!(code, 2, "{text:?}: {out}{err}");
+        let expected = format!("{}{expected}", path.display());
+        assert!(err.starts_with(&expected), "{text:?}: {err}");
+    }
+    std::fs::write(&path, "[log]\nlevel = \"studio_relay=debug,info\"\n").unwrap();
+    let (code, _, err) = run(
+        &["--check", "--config", path.to_str().unwrap()],
+        &dir.0,
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
 }
 
 #[test]
@@ -140,6 +191,20 @@ fn check_warns_about_overlapping_patterns_on_stderr() {
     assert_eq!(code, 0);
     assert_eq!(out.lines().count(), 1);
     assert!(err.contains("overlap"), "{err}");
+
+    std::fs::write(
+        &path,
+        "[limits]\nping_interval_ms = 60000\nidle_timeout_ms = 30000\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(
+        &["--check", "--config", path.to_str().unwrap()],
+        &dir.0,
+        &[],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 1);
+    assert!(err.contains("limits.idle_timeout_ms"), "{err}");
 }
 
 #[test]

@@ -1,0 +1,57 @@
+//! `[security]`: which browser pages may open a connection.
+
+use serde::Deserialize;
+
+use super::{Checked, Invalid};
+
+/// `[security]`
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Allowed `Origin` values (`scheme://host[:port]`); empty allows any.
+    pub allowed_origins: Vec<String>,
+}
+
+impl SecurityConfig {
+    /// Origins are matched exactly, so one with a path could never match.
+    pub(super) fn validate(&self) -> Checked {
+        for (i, o) in self.allowed_origins.iter().enumerate() {
+            if let Err(m) = check_origin(o) {
+                return Err(Invalid::new(format!("security.allowed_origins[{i}]"), m));
+            }
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// `scheme://host[:port]`, nothing after the authority.
+fn check_origin(origin: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return Err(format!("{origin:?} is not scheme://host[:port]"));
+    };
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    {
+        return Err(format!("{origin:?} has an invalid scheme"));
+    }
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
+        return Err(format!(
+            "{origin:?} must be scheme://host[:port] with no path or trailing slash"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+
+    #[test]
+    fn origin_with_a_path_is_refused() {
+        let e = parse("[security]\nallowed_origins = [\"https://a.example/\"]\n").unwrap_err();
+        assert_eq!(e.key, "security.allowed_origins[0]");
+        parse("[security]\nallowed_origins = [\"https://a.example:8443\"]\n").unwrap();
+    }
+}
