@@ -119,11 +119,8 @@ fn main() {
             .collect();
         let mut sink = Vec::new();
         let mut k = 0usize;
-        let per_event = if agents == 0 {
-            clients
-        } else {
-            clients / agents
-        };
+        // No agents: every client is on the firehose and gets every event.
+        let per_event = clients.checked_div(agents).unwrap_or(clients);
         let ns = time(budget, || {
             let payload = match agents {
                 0 => r#"{"n":1}"#.to_owned(),
