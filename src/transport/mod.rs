@@ -2,6 +2,7 @@
 //! ([`http`]), the checks every handshake passes ([`handshake`]), and the
 //! WebSocket driver ([`ws`]).
 
+pub mod engineio;
 pub mod handshake;
 pub mod http;
 pub mod ws;

@@ -5,6 +5,7 @@
 //! is encoded once per event and format and shared by refcount.
 
 pub mod close;
+pub mod socketio;
 pub mod studio;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -16,18 +17,21 @@ use crate::event::{Event, GapReason, WIRE_SLOTS};
 pub enum Wire {
     /// The relay's own JSON protocol on `/ws` (SPEC §5).
     Studio,
+    /// Socket.IO 5 over Engine.IO 4 on `/socket.io/` (SPEC §11).
+    SocketIo,
 }
 
 const _: () = assert!(Wire::COUNT <= WIRE_SLOTS);
 
 impl Wire {
     /// Number of wire formats.
-    pub const COUNT: usize = 1;
+    pub const COUNT: usize = 2;
 
     /// This format's frame-cache slot on an [`Event`].
     pub fn slot(self) -> usize {
         match self {
             Wire::Studio => 0,
+            Wire::SocketIo => 1,
         }
     }
 
@@ -36,6 +40,11 @@ impl Wire {
         event
             .frame(self.slot(), |e| match self {
                 Wire::Studio => studio::event_frame(e),
+                // With history on, every event carries its offset (SPEC §12).
+                Wire::SocketIo => match e.offset {
+                    Some(offset) => socketio::event_frame_with_offset(e, offset),
+                    None => socketio::event_frame(e),
+                },
             })
             .clone()
     }
@@ -44,6 +53,7 @@ impl Wire {
     pub fn gap_frame(self, reason: GapReason) -> Utf8Bytes {
         match self {
             Wire::Studio => studio::gap(reason),
+            Wire::SocketIo => socketio::gap(reason),
         }
     }
 }
