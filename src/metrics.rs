@@ -29,6 +29,13 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// `{transport="polling"|"websocket"}`
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    /// The Engine.IO transport a Socket.IO session is on.
+    pub transport: &'static str,
+}
+
 /// Handshake refusal reasons, in SPEC §9's refusal order.
 pub const REJECT_REASONS: [&str; 4] = ["bad_request", "origin", "unauthorized", "capacity"];
 /// Invalid payload kinds: dropped (not UTF-8) or delivered as a string (not JSON).
@@ -61,6 +68,8 @@ pub struct Metrics {
     pub routing_index_entries: Gauge,
     /// `relay_redis_lagged_messages_total`: messages skipped because the reader fell behind.
     pub redis_lagged: Counter,
+    /// `relay_socketio_sessions_open{transport}`
+    pub socketio_sessions: Family<TransportLabel, Gauge>,
 }
 
 impl Metrics {
@@ -81,6 +90,7 @@ impl Metrics {
             fanout_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 17)),
             routing_index_entries: Gauge::default(),
             redis_lagged: Counter::default(),
+            socketio_sessions: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -143,6 +153,16 @@ impl Metrics {
             "Redis messages skipped because the relay's reader fell behind",
             m.redis_lagged.clone(),
         );
+        registry.register(
+            "relay_socketio_sessions_open",
+            "Open Socket.IO sessions, by the Engine.IO transport they are on",
+            m.socketio_sessions.clone(),
+        );
+        for transport in ["polling", "websocket"] {
+            let _ = m
+                .socketio_sessions
+                .get_or_create(&TransportLabel { transport });
+        }
         for reason in REJECT_REASONS {
             let _ = m
                 .handshake_rejections
@@ -212,6 +232,7 @@ mod tests {
             "relay_redis_up 0",
             "relay_redis_reconnects_total 0",
             "relay_fanout_latency_seconds_count 0",
+            "relay_socketio_sessions_open{transport=\"polling\"} 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -17,6 +17,7 @@ mod log;
 mod redis;
 mod routing;
 mod security;
+mod socketio;
 
 pub use auth::AuthConfig;
 pub use limits::LimitsConfig;
@@ -25,6 +26,7 @@ pub use log::{LogConfig, LogFormat};
 pub use redis::{redact_url, RedisConfig, CANARY_SUFFIX};
 pub use routing::RoutingConfig;
 pub use security::SecurityConfig;
+pub use socketio::{SocketIoConfig, Unsubscribed};
 
 use locate::{key_span, line_col, syntax_key};
 
@@ -53,6 +55,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[log]`
     pub log: LogConfig,
+    /// `[socketio]`
+    pub socketio: SocketIoConfig,
 }
 
 /// Why a section's values were refused: the dotted key at fault (which
@@ -242,6 +246,7 @@ impl Config {
             warnings.extend(self.security.validate()?);
             warnings.extend(self.limits.validate()?);
             warnings.extend(self.log.validate()?);
+            warnings.extend(self.socketio.validate(self.routing.allow_firehose)?);
             Ok(warnings)
         };
         all().map_err(|e| (e.key, e.message))

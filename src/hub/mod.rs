@@ -51,7 +51,7 @@ pub enum Command {
         /// The welcome frame, queued once the subscriptions are live.
         welcome: Utf8Bytes,
     },
-    /// Add (`subscribe`) or remove subscriptions, then queue `ack`.
+    /// Add (`subscribe`) or remove subscriptions, then queue `ack` if any.
     Change {
         /// Connection id.
         id: ConnId,
@@ -61,8 +61,9 @@ pub enum Command {
         keys: Vec<(String, String)>,
         /// The firehose was named.
         all: bool,
-        /// The ack frame, queued once the change is live.
-        ack: Utf8Bytes,
+        /// The ack frame, queued once the change is live (a Socket.IO
+        /// emit without an ack callback gets none).
+        ack: Option<Utf8Bytes>,
     },
     /// The connection ended.
     Unregister {
@@ -249,7 +250,9 @@ impl Hub {
             } => {
                 if let Some(&slot) = self.ids.get(&id) {
                     self.change(slot, subscribe, keys, all);
-                    self.send_control(slot, ack);
+                    if let Some(ack) = ack {
+                        self.send_control(slot, ack);
+                    }
                 }
             }
             Command::Unregister { id } => {
@@ -537,7 +540,7 @@ mod tests {
                 ("agentId".into(), "x".into()),
             ],
             all: false,
-            ack: "ack".into(),
+            ack: Some("ack".into()),
         });
         hub.ingest(ev(&[("agentId", "x")], "ex"));
         hub.apply(Command::Change {
@@ -545,7 +548,7 @@ mod tests {
             subscribe: false,
             keys: vec![("agentId".into(), "x".into())],
             all: false,
-            ack: "unack".into(),
+            ack: Some("unack".into()),
         });
         hub.ingest(ev(&[("agentId", "x")], "ex2"));
         assert_eq!(frames(&mut a), ["welcome", "ack", "ex", "unack"]);

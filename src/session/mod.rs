@@ -111,7 +111,7 @@ impl Session {
         subscribe: bool,
         keys: Vec<(String, String)>,
         all: bool,
-        ack: Utf8Bytes,
+        ack: Option<Utf8Bytes>,
     ) -> Result<(), Refusal> {
         policy::check(&self.subs, subscribe, &keys, all, &self.live.get())?;
         for key in &keys {

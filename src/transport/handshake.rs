@@ -41,10 +41,21 @@ impl Refused {
 pub struct Checked {
     /// What the query asked for.
     pub query: Query,
-    /// The token presented (header first, then `token=`).
+    /// The token presented (header first, then `token=`); `None` with
+    /// [`TokenRule::MayComeLater`] means it must still come.
     pub token: Option<String>,
     /// The session's `max_connections` slot.
     pub permit: Permit,
+}
+
+/// Whether the handshake must carry the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRule {
+    /// `/ws`: no valid token, no connection.
+    Required,
+    /// Socket.IO: a token may still come in the CONNECT packet's `auth`, so
+    /// only a presented, wrong one is refused here.
+    MayComeLater,
 }
 
 /// Runs the shared checks on a request's query and headers.
@@ -53,6 +64,7 @@ pub fn check(
     headers: &HeaderMap,
     config: &Config,
     admission: &Arc<Admission>,
+    rule: TokenRule,
 ) -> Result<Checked, Refused> {
     let query = parse_query(query, config).map_err(Refused::bad_request)?;
     let origin = headers
@@ -71,7 +83,8 @@ pub fn check(
         .and_then(auth::bearer)
         .map(str::to_owned)
         .or_else(|| query.token.clone());
-    if !auth::token_allowed(token.as_deref(), &config.auth.tokens) {
+    let deferred = rule == TokenRule::MayComeLater && token.is_none();
+    if !deferred && !auth::token_allowed(token.as_deref(), &config.auth.tokens) {
         return Err(Refused {
             status: StatusCode::UNAUTHORIZED,
             reason: "unauthorized",

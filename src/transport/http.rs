@@ -117,6 +117,9 @@ async fn route(
     server: Arc<Server>,
 ) -> Response<Body> {
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
+    if server.live.get().socketio.serves(req.uri().path()) {
+        return super::engineio::handle(req, at, &server).await;
+    }
     match req.uri().path() {
         "/ws" => {
             if req.method() != Method::GET {

@@ -1,6 +1,7 @@
 //! How clients reach sessions: the HTTP server on every listener
-//! ([`http`]), the checks every handshake passes ([`handshake`]), and the
-//! WebSocket driver ([`ws`]).
+//! ([`http`]), the checks every handshake passes ([`handshake`]), the
+//! WebSocket driver of the native protocol ([`ws`]) and Engine.IO /
+//! Socket.IO ([`engineio`]).
 
 pub mod engineio;
 pub mod handshake;
@@ -39,6 +40,8 @@ pub struct Server {
     pub shutdown: CancellationToken,
     /// Every HTTP and connection task, waited for by the drain.
     pub tasks: TaskTracker,
+    /// Live Engine.IO sessions by sid.
+    pub sids: Arc<engineio::Sids>,
     refusal_log: RateLimit,
 }
 
@@ -64,6 +67,7 @@ impl Server {
             ids,
             shutdown,
             tasks,
+            sids: Arc::default(),
             refusal_log: RateLimit::new(REFUSAL_LOG_EVERY),
         }
     }

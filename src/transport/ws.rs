@@ -62,6 +62,7 @@ pub fn handshake(
         req.headers(),
         &config,
         &server.admission,
+        handshake::TokenRule::Required,
     ) {
         Ok(c) => c,
         Err(r) => return server.refuse(at.peer, r),
@@ -79,7 +80,11 @@ pub fn handshake(
     server
         .tasks
         .spawn(run(on_upgrade, admitted, at.listener, server.clone()).instrument(span));
+    switching_protocols(&key)
+}
 
+/// The 101 answer to a valid upgrade request with `key`.
+pub(crate) fn switching_protocols(key: &str) -> Response<Body> {
     let mut resp = Response::new(Body::default());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
@@ -91,6 +96,40 @@ pub fn handshake(
     resp
 }
 
+/// Waits for hyper to hand over an upgraded connection (bounded by the
+/// handshake timeout) and wraps it as a server websocket with the relay's
+/// buffer sizes and message limit.
+pub(crate) async fn accept(
+    on_upgrade: OnUpgrade,
+    limits: &crate::config::LimitsConfig,
+) -> Option<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>> {
+    let upgraded = match timeout(
+        Duration::from_millis(limits.handshake_timeout_ms),
+        on_upgrade,
+    )
+    .await
+    {
+        Ok(Ok(u)) => u,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!("upgrade timed out");
+            return None;
+        }
+    };
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(Some(limits.max_client_message_bytes))
+        .max_frame_size(Some(limits.max_client_message_bytes));
+    Some(
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+            .await,
+    )
+}
+
 /// Why the loop ended: a close to send, or nothing to send.
 enum Exit {
     Close(u16),
@@ -100,30 +139,9 @@ enum Exit {
 /// Runs one connection from the HTTP upgrade to its last frame.
 async fn run(on_upgrade: OnUpgrade, admitted: Admitted, listener: Arc<str>, server: Arc<Server>) {
     let config = server.live.get();
-    let upgraded = match timeout(
-        Duration::from_millis(config.limits.handshake_timeout_ms),
-        on_upgrade,
-    )
-    .await
-    {
-        Ok(Ok(u)) => u,
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "upgrade failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!("upgrade timed out");
-            return;
-        }
+    let Some(ws) = accept(on_upgrade, &config.limits).await else {
+        return;
     };
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(Some(config.limits.max_client_message_bytes))
-        .max_frame_size(Some(config.limits.max_client_message_bytes));
-    let ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-            .await;
 
     let label = ListenerLabel {
         listener: listener.to_string(),
@@ -368,7 +386,7 @@ async fn on_text(text: &str, session: &mut Session) -> Option<Utf8Bytes> {
     };
     let ack = studio::ack(subscribe, &change.echo);
     match session
-        .change(subscribe, change.keys, change.all, ack)
+        .change(subscribe, change.keys, change.all, Some(ack))
         .await
     {
         Ok(()) => None,

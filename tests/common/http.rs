@@ -20,15 +20,32 @@ pub async fn http(
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<HttpResponse> {
+    request(addr, method, path, headers, b"", Duration::from_secs(5)).await
+}
+
+/// Like [`http`] with a body (`Content-Length` is added) and a timeout for
+/// the whole answer (long-polls wait for events).
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    within: Duration,
+) -> std::io::Result<HttpResponse> {
     let mut s = TcpStream::connect(addr).await?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).await?;
+    s.write_all(body).await?;
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+    tokio::time::timeout(within, s.read_to_end(&mut buf))
         .await
         .map_err(|_| std::io::Error::other("http timeout"))??;
     let text = String::from_utf8_lossy(&buf).into_owned();

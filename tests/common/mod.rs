@@ -29,7 +29,7 @@ use std::time::Duration;
 #[allow(unused_imports)]
 pub use client::Client;
 #[allow(unused_imports)]
-pub use http::{http, ws_headers};
+pub use http::{http, request, ws_headers, HttpResponse};
 #[allow(unused_imports)]
 pub use redis::{Redis, RedisConn};
 #[allow(unused_imports)]

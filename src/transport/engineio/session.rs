@@ -1,0 +1,653 @@
+//! One Engine.IO session: a task that owns the relay [`Session`] (once the
+//! Socket.IO CONNECT arrived) and whichever transport carries it — pending
+//! long-polls or a websocket — and runs the heartbeat and the upgrade.
+//! HTTP handlers only pass it requests ([`ToSession`]) and wait for its
+//! answers, so all of a session's state lives in one task and no lock is
+//! held across an await.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+use super::packet::{self, EioError, Packet, SessionState};
+use super::{Sids, Ws};
+use crate::config::Unsubscribed;
+use crate::ctx::{ConnName, Permit};
+use crate::hub::queue::{ConnShared, Outbound, Signal};
+use crate::metrics::{ListenerLabel, TransportLabel};
+use crate::session::{policy, Admitted, Session};
+use crate::transport::Server;
+use crate::wire::socketio::{self, ClientPacket, Subscription};
+use crate::wire::studio::FrameError;
+use crate::wire::{close, Wire};
+
+/// Frames taken from the hub queue per write.
+const WRITE_BATCH: usize = 64;
+/// Packets one polling POST may carry.
+const MAX_RECORDS: usize = 256;
+/// How long a probe websocket may take from `2probe` to `5`.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for a client's close reply once ours is sent.
+const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What an HTTP handler asks of a session.
+pub enum ToSession {
+    /// A long-poll GET: answered with a body of packets.
+    Poll(oneshot::Sender<PollAnswer>),
+    /// A POST body of packets; answered `Ok` (200 "ok") or with the error
+    /// that ended the session.
+    Post(String, oneshot::Sender<Result<(), EioError>>),
+    /// A websocket for the session: the probe of an upgrade, or (`direct`)
+    /// the session's only transport from the start.
+    Websocket {
+        /// The upgraded socket.
+        ws: Box<Ws>,
+        /// No polling came first: the open packet goes out on it.
+        direct: bool,
+    },
+}
+
+/// The answer to a long-poll.
+#[derive(Debug)]
+pub enum PollAnswer {
+    /// 200 with this body.
+    Body(Bytes),
+    /// 400 with this error (e.g. a second concurrent GET).
+    Error(EioError),
+}
+
+/// The session's state as the HTTP side sees it.
+#[derive(Debug, Default)]
+pub struct SharedState(AtomicU8);
+
+impl SharedState {
+    /// The current state.
+    pub fn get(&self) -> SessionState {
+        match self.0.load(Ordering::Acquire) {
+            1 => SessionState::Upgrading,
+            2 => SessionState::WebSocket,
+            _ => SessionState::Polling,
+        }
+    }
+
+    fn set(&self, s: SessionState) {
+        let v = match s {
+            SessionState::Polling => 0,
+            SessionState::Upgrading => 1,
+            SessionState::WebSocket => 2,
+        };
+        self.0.store(v, Ordering::Release);
+    }
+}
+
+/// Everything the handshake decided, kept until the Socket.IO CONNECT.
+pub struct Opening {
+    /// Engine.IO session id.
+    pub sid: String,
+    /// The relay connection id (also the Socket.IO socket id).
+    pub name: ConnName,
+    /// Subscriptions from the handshake query.
+    pub keys: Vec<(String, String)>,
+    /// Firehose from the handshake query.
+    pub all: bool,
+    /// A valid token presented at the handshake, if any.
+    pub token: Option<String>,
+    /// The `max_connections` slot.
+    pub permit: Permit,
+    /// The listener, for the per-listener metrics.
+    pub listener: Arc<str>,
+}
+
+/// Why the session ends.
+enum End {
+    /// Close the websocket with this code / answer a pending poll with `1`.
+    Close(u16),
+    /// Nothing more to send (the client left, or its transport broke).
+    Gone,
+}
+
+/// Runs a session until it ends, then removes it from `sids`.
+pub async fn run(
+    opening: Opening,
+    rx: mpsc::Receiver<ToSession>,
+    state: Arc<SharedState>,
+    sids: Arc<Sids>,
+    server: Arc<Server>,
+) {
+    let config = server.live.get();
+    let label = ListenerLabel {
+        listener: opening.listener.to_string(),
+    };
+    let metrics = server.metrics.clone();
+    metrics.connections_accepted.get_or_create(&label).inc();
+    metrics.connections_open.get_or_create(&label).inc();
+    let sid = opening.sid.clone();
+    let mut d = Driver {
+        sid: sid.clone(),
+        pending: Some(opening),
+        session: None,
+        rx,
+        state,
+        ws: None,
+        probe: None,
+        probe_deadline: None,
+        poll: None,
+        out: Vec::new(),
+        buf: Vec::new(),
+        pong_seen: false,
+        transport: "polling",
+        ping_every: Duration::from_millis(config.socketio.ping_interval_ms),
+        pong_within: Duration::from_millis(config.socketio.ping_timeout_ms),
+        write_timeout: Duration::from_millis(config.limits.write_timeout_ms),
+        server,
+    };
+    d.gauge(1);
+    let end = d.serve().await;
+    sids.remove(&sid);
+    d.finish(end).await;
+    d.gauge(-1);
+    metrics.connections_open.get_or_create(&label).dec();
+    if let Some(session) = d.session.take() {
+        session.close().await;
+    }
+    // Pending handlers see their channel close and answer "unknown sid".
+}
+
+struct Driver {
+    server: Arc<Server>,
+    sid: String,
+    /// Until CONNECT: what the handshake admitted.
+    pending: Option<Opening>,
+    /// After CONNECT: the relay session (hub registration, queue).
+    session: Option<Session>,
+    rx: mpsc::Receiver<ToSession>,
+    state: Arc<SharedState>,
+    /// The websocket carrying the session, once upgraded (or from the start).
+    ws: Option<Ws>,
+    /// A websocket being probed for an upgrade.
+    probe: Option<Ws>,
+    probe_deadline: Option<Instant>,
+    /// The long-poll waiting for packets.
+    poll: Option<oneshot::Sender<PollAnswer>>,
+    /// This session's own packets (pings, noops, connect errors, acks of
+    /// refused changes), sent before queued frames.
+    out: Vec<Utf8Bytes>,
+    buf: Vec<Outbound>,
+    /// A pong arrived since the heartbeat last looked.
+    pong_seen: bool,
+    transport: &'static str,
+    ping_every: Duration,
+    pong_within: Duration,
+    write_timeout: Duration,
+}
+
+impl Driver {
+    async fn serve(&mut self) -> End {
+        // The first ping comes one interval after the open packet.
+        let mut ping_at = Instant::now() + self.ping_every;
+        let mut pong_deadline: Option<Instant> = None;
+        loop {
+            let writable = self.ws.is_some() || self.poll.is_some();
+            let control = self.session.as_ref().map(Session::control);
+            tokio::select! {
+                biased;
+                signal = next_signal(control) => match signal {
+                    Signal::Close(code) => return End::Close(code),
+                    Signal::Shutdown => return self.drain().await,
+                    Signal::Reload => {
+                        if self.session.as_ref().is_some_and(Session::token_revoked) {
+                            tracing::info!("token no longer valid after reload; closing");
+                            return End::Close(close::POLICY);
+                        }
+                    }
+                },
+                req = self.rx.recv() => match req {
+                    Some(req) => {
+                        if let Err(end) = self.on_request(req).await {
+                            return end;
+                        }
+                    }
+                    None => return End::Gone,
+                },
+                n = recv_frames(&mut self.session, &mut self.buf, writable) => {
+                    if n == 0 {
+                        return self.drain().await;
+                    }
+                }
+                msg = next_message(&mut self.ws) => {
+                    if let Err(end) = self.on_ws_message(msg).await {
+                        return end;
+                    }
+                }
+                msg = next_message(&mut self.probe) => self.on_probe_message(msg).await,
+                _ = sleep_until(self.probe_deadline) => {
+                    tracing::debug!("upgrade probe timed out; staying on polling");
+                    self.drop_probe();
+                }
+                _ = tokio::time::sleep_until(ping_at), if pong_deadline.is_none() => {
+                    self.out.push(Utf8Bytes::from_static(packet::PING));
+                    pong_deadline = Some(Instant::now() + self.pong_within);
+                }
+                _ = sleep_until(pong_deadline) => {
+                    tracing::debug!("no pong within ping_timeout_ms; session dropped");
+                    return End::Gone;
+                }
+            }
+            if std::mem::take(&mut self.pong_seen) && pong_deadline.is_some() {
+                pong_deadline = None;
+                ping_at = Instant::now() + self.ping_every;
+            }
+            if let Err(end) = self.flush().await {
+                return end;
+            }
+        }
+    }
+
+    fn gauge(&self, delta: i64) {
+        self.server
+            .metrics
+            .socketio_sessions
+            .get_or_create(&TransportLabel {
+                transport: self.transport,
+            })
+            .inc_by(delta);
+    }
+
+    async fn on_request(&mut self, req: ToSession) -> Result<(), End> {
+        match req {
+            ToSession::Poll(reply) => {
+                if self.poll.is_some() {
+                    // Two GETs at once: the reference closes the session.
+                    let _ = reply.send(PollAnswer::Error(EioError::BadRequest));
+                    tracing::debug!("concurrent polls; closing the session");
+                    return Err(End::Close(close::PROTOCOL_ERROR));
+                }
+                self.poll = Some(reply);
+                Ok(())
+            }
+            ToSession::Post(body, reply) => {
+                let packets = match packet::parse_payload(&body, MAX_RECORDS) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "bad polling payload; closing");
+                        let _ = reply.send(Err(EioError::BadRequest));
+                        return Err(End::Close(close::PROTOCOL_ERROR));
+                    }
+                };
+                for p in packets {
+                    if let Err(end) = self.on_packet(p).await {
+                        let _ = reply.send(Err(EioError::BadRequest));
+                        return Err(end);
+                    }
+                }
+                let _ = reply.send(Ok(()));
+                Ok(())
+            }
+            ToSession::Websocket { ws, direct } => {
+                if direct {
+                    self.switch_to(*ws);
+                    let open = self.open_packet(packet::WEBSOCKET_UPGRADES);
+                    self.out.insert(0, open.into());
+                } else if self.probe.is_some() || self.ws.is_some() {
+                    // A second upgrade: refuse the newcomer, keep the session.
+                    let mut ws = *ws;
+                    let _ = ws.close(None).await;
+                } else {
+                    self.probe = Some(*ws);
+                    self.probe_deadline = Some(Instant::now() + UPGRADE_TIMEOUT);
+                    self.state.set(SessionState::Upgrading);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The open packet for this session.
+    fn open_packet(&self, upgrades: &[&str]) -> String {
+        let config = self.server.live.get();
+        packet::open_packet(
+            &self.sid,
+            config.socketio.ping_interval_ms,
+            config.socketio.ping_timeout_ms,
+            config.limits.max_client_message_bytes as u64,
+            upgrades,
+        )
+    }
+
+    fn switch_to(&mut self, ws: Ws) {
+        self.gauge(-1);
+        self.transport = "websocket";
+        self.gauge(1);
+        self.ws = Some(ws);
+        self.state.set(SessionState::WebSocket);
+    }
+
+    fn drop_probe(&mut self) {
+        self.probe = None;
+        self.probe_deadline = None;
+        self.state.set(SessionState::Polling);
+    }
+
+    async fn on_probe_message(&mut self, msg: Option<Result<Message, WsError>>) {
+        let text = match msg {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return,
+            _ => return self.drop_probe(),
+        };
+        match packet::parse(&text) {
+            Ok(Packet::Ping(p)) if p == packet::PROBE => {
+                let ok = match self.probe.as_mut() {
+                    Some(probe) => timeout(
+                        self.write_timeout,
+                        probe.send(Message::Text(packet::PONG_PROBE.into())),
+                    )
+                    .await
+                    .is_ok_and(|r| r.is_ok()),
+                    None => false,
+                };
+                if !ok {
+                    return self.drop_probe();
+                }
+                // Release the pending poll so the client can finish the upgrade.
+                self.out.push(Utf8Bytes::from_static(packet::NOOP));
+            }
+            Ok(Packet::Upgrade) => {
+                if let Some(ws) = self.probe.take() {
+                    self.probe_deadline = None;
+                    if let Some(poll) = self.poll.take() {
+                        let _ = poll.send(PollAnswer::Body(Bytes::from_static(
+                            packet::NOOP.as_bytes(),
+                        )));
+                    }
+                    self.switch_to(ws);
+                }
+            }
+            _ => self.drop_probe(),
+        }
+    }
+
+    async fn on_ws_message(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), End> {
+        match msg {
+            None | Some(Ok(Message::Close(_))) => Err(End::Gone),
+            Some(Ok(Message::Text(text))) => match packet::parse(&text) {
+                Ok(p) => self.on_packet(p).await,
+                Err(e) => {
+                    tracing::debug!(error = %e, "bad packet; closing");
+                    Err(End::Close(close::PROTOCOL_ERROR))
+                }
+            },
+            Some(Ok(Message::Binary(_))) => {
+                tracing::debug!("binary frame from a Socket.IO client; closing");
+                Err(End::Close(close::PROTOCOL_ERROR))
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+            Some(Err(WsError::Capacity(_))) => Err(End::Close(close::TOO_BIG)),
+            Some(Err(WsError::Utf8(_))) => Err(End::Close(close::INVALID_PAYLOAD)),
+            Some(Err(_)) => Err(End::Gone),
+        }
+    }
+
+    /// One Engine.IO packet from the client, whichever transport.
+    async fn on_packet(&mut self, p: Packet<'_>) -> Result<(), End> {
+        match p {
+            Packet::Pong(_) => {
+                self.pong_seen = true;
+                Ok(())
+            }
+            Packet::Message(m) => self.on_socketio(m).await,
+            Packet::Close => Err(End::Gone),
+            Packet::Noop | Packet::Open(_) | Packet::Ping(_) | Packet::Upgrade => Ok(()),
+            Packet::Binary(_) => {
+                tracing::debug!("binary packet from a Socket.IO client; closing");
+                Err(End::Close(close::PROTOCOL_ERROR))
+            }
+        }
+    }
+
+    async fn on_socketio(&mut self, text: &str) -> Result<(), End> {
+        let packet = match socketio::parse(text) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "bad Socket.IO packet; closing");
+                return Err(End::Close(close::PROTOCOL_ERROR));
+            }
+        };
+        match packet {
+            ClientPacket::Connect { nsp, auth } => {
+                self.on_connect(nsp, auth.as_ref()).await;
+                Ok(())
+            }
+            ClientPacket::Disconnect { nsp } if nsp == socketio::MAIN_NAMESPACE => Err(End::Gone),
+            ClientPacket::Event {
+                nsp,
+                id,
+                name,
+                args,
+            } if nsp == socketio::MAIN_NAMESPACE => {
+                self.on_event(id, &name, &args).await;
+                Ok(())
+            }
+            ClientPacket::Disconnect { .. }
+            | ClientPacket::Event { .. }
+            | ClientPacket::Ack { .. } => Ok(()),
+            ClientPacket::Binary { .. } => {
+                tracing::debug!("binary Socket.IO packet; closing");
+                Err(End::Close(close::PROTOCOL_ERROR))
+            }
+        }
+    }
+
+    /// CONNECT to `/`: the token (handshake or `auth.token`), the
+    /// subscriptions (handshake query plus `auth`), then registration with
+    /// the hub, which makes them live before the CONNECT reply is queued.
+    async fn on_connect(&mut self, nsp: &str, auth: Option<&Map<String, Value>>) {
+        if nsp != socketio::MAIN_NAMESPACE {
+            self.out
+                .push(socketio::connect_error(nsp, socketio::INVALID_NAMESPACE));
+            return;
+        }
+        let Some(opening) = self.pending.take() else {
+            // Already connected: a repeated CONNECT changes nothing.
+            return;
+        };
+        let config = self.server.live.get();
+        let asked = match socketio::connect_auth(auth, &config.routing.fields) {
+            Ok(a) => a,
+            Err(e) => {
+                self.out.push(socketio::connect_refused(&e));
+                self.pending = Some(opening);
+                return;
+            }
+        };
+        let token = opening.token.clone().or(asked.token);
+        if !crate::auth::token_allowed(token.as_deref(), &config.auth.tokens) {
+            self.server.metrics.reject("unauthorized");
+            self.out
+                .push(socketio::connect_error(nsp, socketio::UNAUTHORIZED));
+            self.pending = Some(opening);
+            return;
+        }
+        let mut keys = opening.keys.clone();
+        for k in asked.change.keys {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        let mut all = opening.all || asked.change.all;
+        if keys.is_empty() && !all && config.socketio.unsubscribed == Unsubscribed::All {
+            all = true;
+        }
+        if let Err(r) = policy::check(&Default::default(), true, &keys, all, &config) {
+            self.out
+                .push(socketio::connect_refused(&FrameError::from(r)));
+            self.pending = Some(opening);
+            return;
+        }
+        let welcome = socketio::connect_ok(&opening.name.text);
+        let admitted = Admitted {
+            name: opening.name.clone(),
+            keys,
+            all,
+            token,
+            permit: opening.permit,
+        };
+        self.session = Session::open(
+            admitted,
+            Wire::SocketIo,
+            welcome,
+            self.server.hub.clone(),
+            self.server.live.clone(),
+        )
+        .await;
+    }
+
+    /// A client event: `subscribe` / `unsubscribe` change the session
+    /// (acked once live); anything else is ignored, or acked `unsupported`.
+    async fn on_event(&mut self, id: Option<u64>, name: &str, args: &[&RawValue]) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        let fields = session.live().get().routing.fields.clone();
+        let result = match socketio::subscription(name, args, &fields) {
+            Ok(sub) => {
+                let (subscribe, change) = match sub {
+                    Subscription::Subscribe(c) => (true, c),
+                    Subscription::Unsubscribe(c) => (false, c),
+                };
+                session
+                    .change(subscribe, change.keys, change.all, id.map(socketio::ack_ok))
+                    .await
+                    .map_err(FrameError::from)
+            }
+            Err(e) => Err(e),
+        };
+        if let (Err(e), Some(id)) = (result, id) {
+            self.out.push(socketio::ack_error(id, &e));
+        }
+    }
+
+    /// Sends this session's own packets and whatever the hub queued, on the
+    /// websocket or as the answer to the pending poll.
+    async fn flush(&mut self) -> Result<(), End> {
+        // A poll whose HTTP client went away must not take frames with it.
+        if self.poll.as_ref().is_some_and(|p| p.is_closed()) {
+            self.poll = None;
+        }
+        if let Some(session) = self.session.as_mut() {
+            if self.ws.is_some() || self.poll.is_some() {
+                session.queue().drain_now(&mut self.buf, WRITE_BATCH);
+            }
+        }
+        if self.out.is_empty() && self.buf.is_empty() {
+            return Ok(());
+        }
+        let events = self.buf.iter().filter(|o| o.received.is_some()).count();
+        let first_received = self.buf.iter().find_map(|o| o.received);
+        if let Some(ws) = self.ws.as_mut() {
+            let out = &mut self.out;
+            let buf = &mut self.buf;
+            let write = async {
+                for frame in out.drain(..).chain(buf.drain(..).map(|o| o.frame)) {
+                    ws.feed(Message::Text(frame)).await?;
+                }
+                ws.flush().await
+            };
+            match timeout(self.write_timeout, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(End::Gone),
+                Err(_) => {
+                    tracing::info!("socket stopped draining; dropping session");
+                    self.server.metrics.slow_consumer_disconnects.inc();
+                    return Err(End::Gone);
+                }
+            }
+        } else if let Some(poll) = self.poll.take() {
+            let frames: Vec<Utf8Bytes> = self
+                .out
+                .drain(..)
+                .chain(self.buf.drain(..).map(|o| o.frame))
+                .collect();
+            let _ = poll.send(PollAnswer::Body(packet::payload_body(&frames)));
+        } else {
+            return Ok(());
+        }
+        let m = &self.server.metrics;
+        m.events_delivered.inc_by(events as u64);
+        if let Some(t) = first_received {
+            m.fanout_latency.observe(t.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    /// Shutdown: what is queued goes out first, then the session closes.
+    async fn drain(&mut self) -> End {
+        let _ = self.flush().await;
+        End::Close(close::GOING_AWAY)
+    }
+
+    /// Ends the transport: a close frame on the websocket, a close packet
+    /// to a pending poll.
+    async fn finish(&mut self, end: End) {
+        if let Some(poll) = self.poll.take() {
+            let _ = poll.send(PollAnswer::Body(Bytes::from_static(
+                packet::CLOSE.as_bytes(),
+            )));
+        }
+        let (Some(ws), End::Close(code)) = (self.ws.as_mut(), end) else {
+            return;
+        };
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: close::reason(code).into(),
+        };
+        if let Ok(Ok(())) = timeout(self.write_timeout, ws.close(Some(frame))).await {
+            let _ = timeout(CLOSE_REPLY_TIMEOUT, async {
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+            .await;
+        }
+    }
+}
+
+async fn next_signal(control: Option<Arc<ConnShared>>) -> Signal {
+    match control {
+        Some(c) => c.next_signal().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Frames from the hub, only while something can carry them.
+async fn recv_frames(
+    session: &mut Option<Session>,
+    buf: &mut Vec<Outbound>,
+    writable: bool,
+) -> usize {
+    match session {
+        Some(s) if writable => s.queue().recv_many(buf, WRITE_BATCH).await,
+        _ => std::future::pending().await,
+    }
+}
+
+async fn next_message(ws: &mut Option<Ws>) -> Option<Result<Message, WsError>> {
+    match ws {
+        Some(ws) => ws.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
