@@ -421,11 +421,221 @@ async fn an_oversized_post_ends_the_session() {
     assert_eq!(s.poll().await.0, 400);
 }
 
-async fn next_text(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> String {
+#[tokio::test]
+async fn gap_after_a_redis_restart_reaches_both_transports() {
+    let mut redis = Redis::start().await;
+    let relay = Relay::start(&redis).await;
+    let (mut ws, _) = ws_session(relay.addr(), "&agentId=a").await;
+    let s = Polling::open(relay.addr(), "&agentId=a").await;
+    s.post(&["40"]).await;
+    s.next().await;
+    redis.restart().await;
+    let gap = r#"42["relay:gap",{"reason":"redis_reconnected","source":"redis"}]"#;
+    assert_eq!(next_text(&mut ws).await, gap);
+    assert_eq!(s.next().await, [gap]);
+}
+
+#[tokio::test]
+async fn shutdown_closes_websockets_1001_and_answers_a_pending_poll_with_close() {
+    let redis = Redis::start().await;
+    let mut relay = Relay::start(&redis).await;
+    let (mut ws, _) = ws_session(relay.addr(), "").await;
+    let s = Polling::open(relay.addr(), "").await;
+    s.post(&["40"]).await;
+    s.next().await;
+    let pending = tokio::spawn({
+        let (addr, path) = (s.addr, s.path());
+        async move { get(addr, &path, &[]).await }
+    });
+    // The poll must be parked before the signal; there is no signal for that.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    relay.signal("TERM");
+    let close = loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(close, 1001);
+    let r = pending.await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "1"));
+    assert_eq!(relay.exited(WAIT).await, Some(0));
+}
+
+#[tokio::test]
+async fn a_reload_that_revokes_the_token_closes_the_session_1008() {
+    let redis = Redis::start().await;
+    let relay = Relay::with_extra(&redis, "[auth]\ntokens = [\"old\"]\n").await;
+    let (mut ws, _) = ws_session(relay.addr(), "&token=old").await;
+    relay.reload("info", "[auth]\ntokens = [\"new\"]\n").await;
+    let close = loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(close, 1008);
+}
+
+#[tokio::test]
+async fn hostile_packets_get_defined_answers() {
+    let redis = Redis::start().await;
+    let relay = Relay::start(&redis).await;
+    // Malformed Engine.IO or Socket.IO packets, or binary: the session closes.
+    for bad in [
+        "",
+        "x",
+        "4",
+        "42{}",
+        "42abc[1]",
+        "4251-[\"a\"]",
+        "b4AAA",
+        r#"42["connect"]"#,
+    ] {
+        let (mut ws, _) = ws_session(relay.addr(), "").await;
+        match bad {
+            "" => ws.send(Message::Text("".into())).await.unwrap(),
+            _ => ws.send(Message::Text(bad.into())).await.unwrap(),
+        }
+        let ended = tokio::time::timeout(WAIT, async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return true,
+                    Some(Ok(Message::Text(t))) if t.as_str() == "2" => {}
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert!(ended, "{bad:?} should close the session");
+    }
+    let (mut ws, _) = ws_session(relay.addr(), "").await;
+    ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        tokio::time::timeout(WAIT, ws.next()).await.unwrap(),
+        Some(Ok(Message::Close(_))) | None | Some(Err(_))
+    ));
+
+    // A flood of harmless packets is taken in stride: the session answers after it.
+    let (mut ws, _) = ws_session(relay.addr(), "").await;
+    for i in 0..5000 {
+        let p = if i % 2 == 0 {
+            "3".to_owned()
+        } else {
+            format!(r#"42["noise",{{"i":{i}}}]"#)
+        };
+        ws.feed(Message::Text(p.into())).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    ws.send(Message::Text(r#"429["subscribe",{"agentId":"z"}]"#.into()))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut ws).await, r#"439[{"ok":true}]"#);
+
+    // A polling body with too many records, or a trailing separator: 400, session closed.
+    for body in [vec!["3"; 300].join("\u{1e}"), "3\u{1e}".to_owned()] {
+        let s = Polling::open(relay.addr(), "").await;
+        let r = request(relay.addr(), "POST", &s.path(), &[], body.as_bytes(), WAIT)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400);
+        assert_eq!(s.poll().await.0, 400);
+    }
+    // Binary in a polling body.
+    let s = Polling::open(relay.addr(), "").await;
+    assert_eq!(s.post(&["bAQID"]).await.0, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_sessions_abandoned_mid_poll_leave_nothing_behind() {
+    let redis = Redis::start().await;
+    let relay = Relay::with_extra(
+        &redis,
+        "[socketio]\nping_interval_ms = 500\nping_timeout_ms = 500\n",
+    )
+    .await;
+    let addr = relay.addr();
+    let rss = || rss_kib(relay.pid());
+    let round = |n: usize| async move {
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            tasks.push(tokio::spawn(async move {
+                let s = Polling::open(addr, &format!("&agentId=a{}", i % 50)).await;
+                s.post(&["40"]).await;
+                s.next().await;
+                // A long-poll whose client goes away mid-wait.
+                let path = s.path();
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(50), get(addr, &path, &[])).await;
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    };
+    let wait_empty = || async {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let h = relay.health().await.1;
+            if h["connections"] == 0 && h["routing_index_entries"] == 0 {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "not freed: {h}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    round(500).await;
+    wait_empty().await;
+    let before = rss();
+    round(2000).await;
+    assert!(
+        relay.health().await.1["connections"].as_u64().unwrap() > 0,
+        "sessions were open"
+    );
+    wait_empty().await;
+    let after = rss();
+    println!("relay RSS {before} KiB after 500 abandoned sessions, {after} KiB after 2000 more");
+    assert!(
+        after < before + 16 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+    assert_eq!(
+        relay
+            .metric("relay_socketio_sessions_open{transport=\"polling\"}")
+            .await,
+        0.0
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A websocket-only Socket.IO session, connected to `/`; returns the CONNECT reply.
+async fn ws_session(addr: SocketAddr, query: &str) -> (RawWs, Value) {
+    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket{query}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert!(next_text(&mut ws).await.starts_with('0'));
+    ws.send(Message::Text("40".into())).await.unwrap();
+    let reply = next_text(&mut ws).await;
+    let v: Value = serde_json::from_str(reply.strip_prefix("40").expect("CONNECT reply")).unwrap();
+    (ws, v)
+}
+
+async fn next_text(ws: &mut RawWs) -> String {
     loop {
         let msg = tokio::time::timeout(WAIT, ws.next())
             .await
