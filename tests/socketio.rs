@@ -556,26 +556,34 @@ async fn two_thousand_sessions_abandoned_mid_poll_leave_nothing_behind() {
     let redis = Redis::start().await;
     let relay = Relay::with_extra(
         &redis,
-        "[socketio]\nping_interval_ms = 500\nping_timeout_ms = 500\n",
+        "[socketio]\nping_interval_ms = 2000\nping_timeout_ms = 1000\n",
     )
     .await;
     let addr = relay.addr();
     let rss = || rss_kib(relay.pid());
-    let round = |n: usize| async move {
-        let mut tasks = Vec::new();
-        for i in 0..n {
-            tasks.push(tokio::spawn(async move {
-                let s = Polling::open(addr, &format!("&agentId=a{}", i % 50)).await;
-                s.post(&["40"]).await;
-                s.next().await;
-                // A long-poll whose client goes away mid-wait.
-                let path = s.path();
-                let _ =
-                    tokio::time::timeout(Duration::from_millis(50), get(addr, &path, &[])).await;
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
+    // At most 100 sessions being set up at once, so each reaches its first
+    // poll well within the heartbeat (a session that never polls is dropped).
+    let setup = std::sync::Arc::new(tokio::sync::Semaphore::new(100));
+    let round = |n: usize| {
+        let setup = setup.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for i in 0..n {
+                let setup = setup.clone();
+                tasks.push(tokio::spawn(async move {
+                    let _slot = setup.acquire_owned().await.unwrap();
+                    let s = Polling::open(addr, &format!("&agentId=a{}", i % 50)).await;
+                    s.post(&["40"]).await;
+                    s.next().await;
+                    // A long-poll whose client goes away mid-wait.
+                    let path = s.path();
+                    let _ = tokio::time::timeout(Duration::from_millis(50), get(addr, &path, &[]))
+                        .await;
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
         }
     };
     let wait_empty = || async {

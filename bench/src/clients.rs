@@ -343,7 +343,11 @@ fn ws_path(ctx: &Ctx, want: Want) -> String {
     match (ctx.target, want) {
         (Target::Studio, Want::Firehose) => "/ws?all=true".into(),
         (Target::Studio, Want::Agent(a)) => format!("/ws?agentId=a{a}"),
-        (Target::Socketio, Want::Firehose) => "/socket.io/?EIO=4&transport=websocket".into(),
+        // `all=true`: studio-relay's Socket.IO sends a client without a
+        // subscription global events only; the Node peer ignores it.
+        (Target::Socketio, Want::Firehose) => {
+            "/socket.io/?EIO=4&transport=websocket&all=true".into()
+        }
         (Target::Socketio, Want::Agent(a)) => {
             format!("/socket.io/?EIO=4&transport=websocket&agentId=a{a}")
         }

@@ -193,15 +193,22 @@ struct Driver {
 
 impl Driver {
     async fn serve(&mut self) -> End {
-        // The first ping comes one interval after the open packet.
-        let mut ping_at = Instant::now() + self.ping_every;
-        let mut pong_deadline: Option<Instant> = None;
+        // Timers live across loop turns and are reset, not re-created: a
+        // wakeup per event must not cost timer-wheel insertions. The first
+        // ping comes one interval after the open packet; `awaiting_pong`
+        // says whether `heartbeat` is the pong deadline or the next ping.
+        let heartbeat = tokio::time::sleep(self.ping_every);
+        tokio::pin!(heartbeat);
+        let mut awaiting_pong = false;
+        let mut control: Option<Arc<ConnShared>> = None;
         loop {
+            if control.is_none() {
+                control = self.session.as_ref().map(Session::control);
+            }
             let writable = self.ws.is_some() || self.poll.is_some();
-            let control = self.session.as_ref().map(Session::control);
             tokio::select! {
                 biased;
-                signal = next_signal(control) => match signal {
+                signal = next_signal(control.as_deref()) => match signal {
                     Signal::Close(code) => return End::Close(code),
                     Signal::Shutdown => return self.drain().await,
                     Signal::Reload => {
@@ -234,18 +241,19 @@ impl Driver {
                     tracing::debug!("upgrade probe timed out; staying on polling");
                     self.drop_probe();
                 }
-                _ = tokio::time::sleep_until(ping_at), if pong_deadline.is_none() => {
+                _ = &mut heartbeat => {
+                    if awaiting_pong {
+                        tracing::debug!("no pong within ping_timeout_ms; session dropped");
+                        return End::Gone;
+                    }
                     self.out.push(Utf8Bytes::from_static(packet::PING));
-                    pong_deadline = Some(Instant::now() + self.pong_within);
-                }
-                _ = sleep_until(pong_deadline) => {
-                    tracing::debug!("no pong within ping_timeout_ms; session dropped");
-                    return End::Gone;
+                    awaiting_pong = true;
+                    heartbeat.as_mut().reset(Instant::now() + self.pong_within);
                 }
             }
-            if std::mem::take(&mut self.pong_seen) && pong_deadline.is_some() {
-                pong_deadline = None;
-                ping_at = Instant::now() + self.ping_every;
+            if std::mem::take(&mut self.pong_seen) && awaiting_pong {
+                awaiting_pong = false;
+                heartbeat.as_mut().reset(Instant::now() + self.ping_every);
             }
             if let Err(end) = self.flush().await {
                 return end;
@@ -543,11 +551,8 @@ impl Driver {
         if self.poll.as_ref().is_some_and(|p| p.is_closed()) {
             self.poll = None;
         }
-        if let Some(session) = self.session.as_mut() {
-            if self.ws.is_some() || self.poll.is_some() {
-                session.queue().drain_now(&mut self.buf, WRITE_BATCH);
-            }
-        }
+        // Queued frames reach `buf` through the select loop, which only
+        // takes them while a websocket or a poll can carry them.
         if self.out.is_empty() && self.buf.is_empty() {
             return Ok(());
         }
@@ -619,7 +624,7 @@ impl Driver {
     }
 }
 
-async fn next_signal(control: Option<Arc<ConnShared>>) -> Signal {
+async fn next_signal(control: Option<&ConnShared>) -> Signal {
     match control {
         Some(c) => c.next_signal().await,
         None => std::future::pending().await,
