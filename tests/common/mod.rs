@@ -17,6 +17,7 @@
 
 mod client;
 mod http;
+pub mod node;
 mod redis;
 mod relay;
 
