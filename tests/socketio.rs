@@ -620,6 +620,88 @@ async fn two_thousand_sessions_abandoned_mid_poll_leave_nothing_behind() {
     );
 }
 
+#[tokio::test]
+async fn first_ping_after_the_interval_and_silent_clients_are_dropped() {
+    let redis = Redis::start().await;
+    let relay = Relay::with_extra(
+        &redis,
+        "[socketio]\nping_interval_ms = 400\nping_timeout_ms = 300\n",
+    )
+    .await;
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", relay.addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let opened = std::time::Instant::now();
+    let raw = |m: Option<Result<Message, _>>| match m {
+        Some(Ok(Message::Text(t))) => Some(t.as_str().to_owned()),
+        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => None,
+        Some(Ok(_)) => Some(String::new()),
+    };
+    assert!(raw(ws.next().await).is_some_and(|t| t.starts_with('0')));
+    // Answered pings keep it open for several intervals.
+    for _ in 0..3 {
+        let ping = loop {
+            let t = raw(tokio::time::timeout(WAIT, ws.next()).await.unwrap()).expect("still open");
+            if !t.is_empty() {
+                break t;
+            }
+        };
+        assert_eq!(ping, "2");
+        ws.send(Message::Text("3".into())).await.unwrap();
+    }
+    assert!(
+        opened.elapsed() >= Duration::from_millis(3 * 400),
+        "pings come every interval, not sooner"
+    );
+    // Silent from now on: dropped after one more interval + the timeout.
+    let silent = std::time::Instant::now();
+    loop {
+        match raw(tokio::time::timeout(WAIT, ws.next()).await.unwrap()) {
+            Some(_) => continue,
+            None => break,
+        }
+    }
+    assert!(
+        silent.elapsed() >= Duration::from_millis(400 + 300 - 50),
+        "{:?}",
+        silent.elapsed()
+    );
+    assert_eq!(relay.health().await.1["connections"], 0);
+}
+
+#[tokio::test]
+async fn unsubscribed_all_reproduces_io_emit_and_capacity_counts_sessions() {
+    let redis = Redis::start().await;
+    let relay = Relay::with_extra(
+        &redis,
+        "[socketio]\nunsubscribed = \"all\"\n[limits]\nmax_connections = 2\n",
+    )
+    .await;
+    let (mut everything, _) = ws_session(relay.addr(), "").await;
+    let (mut routed, _) = ws_session(relay.addr(), "&agentId=a1").await;
+    redis.publish(CH, r#"{"agentId":"zz"}"#).await;
+    redis.publish(CH, r#"{"agentId":"a1"}"#).await;
+    assert_eq!(
+        next_text(&mut everything).await,
+        r#"42["agent:status",{"agentId":"zz"}]"#
+    );
+    assert_eq!(
+        next_text(&mut everything).await,
+        r#"42["agent:status",{"agentId":"a1"}]"#
+    );
+    assert_eq!(
+        next_text(&mut routed).await,
+        r#"42["agent:status",{"agentId":"a1"}]"#,
+        "a subscribed client stays routed"
+    );
+    // Two sessions held: a third handshake, of either protocol, is 503.
+    let r = get(relay.addr(), "/socket.io/?EIO=4&transport=polling", &[]).await;
+    assert_eq!(r.status, 503);
+    let r = common::http(relay.addr(), "GET", "/ws", &common::ws_headers())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503);
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
