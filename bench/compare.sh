@@ -153,7 +153,7 @@ start_target() {
   local kind=$1 log="$WORK/$1.log"
   TARGET_PORT=$(free_port)
   case "$kind" in
-    studio|studio-sio)
+    studio|studio-sio|studio-poll)
       [ "$HAVE_STUDIO" = 1 ] || return 1
       cat >"$WORK/relay.toml" <<EOF
 [redis]
@@ -188,7 +188,7 @@ EOF
 run_case() {
   local label=$1 scenario=$2 clients=$3; shift 3
   local target=$label
-  case "$label" in socketio-rooms|studio-sio) target=socketio ;; esac
+  case "$label" in socketio-rooms|studio-sio) target=socketio ;; studio-poll) target=socketio-polling ;; esac
   if [ "$STUDIO_ONLY" = 1 ] && [ "${label#studio}" = "$label" ]; then return 0; fi
   if [ "$clients" -gt $(( NOFILE - 2048 )) ]; then
     log "SKIP $label $scenario N=$clients: open-file limit is $NOFILE (needs > $clients + 2048 for the loadgen and the relay; raise the hard limit, e.g. LimitNOFILE= or as a privileged user)"
@@ -216,13 +216,14 @@ else
   D=10; N=1000; RN=1000; RA=100; BN=10000; BA=1000; IDLE=(50000 100000)
 fi
 
-# studio-sio: studio-relay's own Socket.IO (over WebSocket), same load generator as the peers.
-PEERS_ALL=(studio studio-sio socketio ws redis)
+# studio-sio / studio-poll: studio-relay's own Socket.IO over WebSocket /
+# over HTTP long-polling; same load generator as the peers.
+PEERS_ALL=(studio studio-sio studio-poll socketio ws redis)
 for t in "${PEERS_ALL[@]}"; do run_case "$t" fanout "$N" --duration "$D"; done
 for r in 1000 100; do
   for t in "${PEERS_ALL[@]}"; do run_case "$t" rate "$N" --rate "$r" --duration "$D"; done
 done
-for t in studio studio-sio socketio-rooms socketio; do run_case "$t" routed "$RN" --agents "$RA" --duration "$D"; done
+for t in studio studio-sio studio-poll socketio-rooms socketio; do run_case "$t" routed "$RN" --agents "$RA" --duration "$D"; done
 run_case studio routed "$BN" --agents "$BA" --duration "$D"
 
 # Idle: the relay needs max_connections (200000 in its config) and an

@@ -21,9 +21,12 @@ RELAY=$!
 until curl -fsS "http://127.0.0.1:$WP/healthz" >/dev/null 2>&1; do sleep 0.05; done
 
 fail=0
-for args in "--scenario fanout --clients 20" "--scenario routed --clients 40 --agents 4" "--scenario rate --rate 200 --clients 20"; do
+for args in "--target studio --scenario fanout --clients 20" "--target studio --scenario routed --clients 40 --agents 4" \
+            "--target studio --scenario rate --rate 200 --clients 20" \
+            "--target socketio --scenario routed --clients 40 --agents 4" \
+            "--target socketio-polling --scenario fanout --clients 20"; do
   # shellcheck disable=SC2086
-  line=$("$BIN/studio-relay-bench" --target studio --url "127.0.0.1:$WP" --redis "redis://127.0.0.1:$RP" \
+  line=$("$BIN/studio-relay-bench" --url "127.0.0.1:$WP" --redis "redis://127.0.0.1:$RP" \
     --pid "$RELAY" --duration 1 --warmup-secs 0 --json-only $args | grep '^RESULT ' || true)
   echo "smoke: $args -> ${line:-no RESULT line}" | cut -c1-400
   echo "$line" | python3 -c 'import json,sys

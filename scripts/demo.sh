@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release}
 tmp=$(mktemp -d)
-cleanup() { kill "${CLIENT:-}" "${RELAY:-}" "${REDIS:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
+cleanup() { kill "${SIO:-}" "${CLIENT:-}" "${RELAY:-}" "${REDIS:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
 trap cleanup EXIT
 
 fail() {
@@ -96,6 +96,19 @@ echo "== client subscribed to agentId=a1 (prints every frame it gets)"
 CLIENT=$!
 # The welcome frame is sent once the subscription is live: then publish.
 wait_for "the client's welcome" grep -q welcome "$tmp/client.out"
+
+# A Socket.IO client too (socket.io-client 4.8, default options: polling,
+# then the upgrade), when Node and the test clients (tests/js) are there.
+SIO=
+if command -v node >/dev/null 2>&1 && [ -d tests/js/node_modules/socket.io-client ]; then
+  echo "== Socket.IO client with query {agentId: \"a1\"} (socket.io-client, default transports)"
+  : > "$tmp/sio.out"
+  node tests/js/sio-client.mjs "{\"url\":\"http://$ADDR\",\"exitOnEof\":false,\"opts\":{\"query\":{\"agentId\":\"a1\"}}}" < /dev/null > "$tmp/sio.out" 2>&1 &
+  SIO=$!
+  wait_for "the Socket.IO client's connect" grep -q '"ev":"connect"' "$tmp/sio.out"
+else
+  echo "== (no Socket.IO client: needs node and 'npm ci' in tests/js)"
+fi
 echo "== publishing 4 events (the one for agent a2 is not delivered)"
 redis-cli -p "$RP" PUBLISH claude-studio:agent:message '{"agentId":"a1","text":"hello"}' >/dev/null
 redis-cli -p "$RP" PUBLISH claude-studio:agent:message '{"agentId":"a2","text":"not for you"}' >/dev/null
@@ -106,5 +119,13 @@ wait_for "the client's 4 frames" client_done
 wait "$CLIENT" || fail "the client failed"
 CLIENT=
 cat "$tmp/client.out"
+if [ -n "$SIO" ]; then
+  sio_done() { [ "$(grep -c '"ev":"event"' "$tmp/sio.out")" -ge 3 ]; }
+  wait_for "the Socket.IO client's 3 events" sio_done
+  echo "== what the Socket.IO client saw (socket.on(name, data) for each event)"
+  grep -E '"ev":"(connect|upgrade|event)"' "$tmp/sio.out"
+  kill "$SIO" 2>/dev/null || true
+  SIO=
+fi
 echo "== relay log"
 cat "$tmp/relay.log"

@@ -332,6 +332,7 @@ pub async fn run_client(ctx: Arc<Ctx>, idx: usize, gate: Arc<Semaphore>) {
     let want = ctx.want(idx);
     let res = match ctx.target {
         Target::Redis => redis_client(&ctx, idx, want, &gate).await,
+        Target::SocketioPolling => polling_client(&ctx, idx, want, &gate).await,
         _ => ws_client(&ctx, idx, want, &gate).await,
     };
     if let Err(e) = res {
@@ -423,7 +424,7 @@ async fn ws_client(ctx: &Ctx, idx: usize, want: Want, gate: &Semaphore) -> Resul
                 }
             }
             // No ready frame: connected = ready (the orchestrator warms up).
-            Target::Ws | Target::Redis => {}
+            Target::Ws | Target::Redis | Target::SocketioPolling => {}
         }
         anyhow::Ok(ws)
     };
@@ -446,6 +447,119 @@ async fn ws_client(ctx: &Ctx, idx: usize, want: Want, gate: &Semaphore) -> Resul
             }
         }
         bail!("connection ended")
+    }
+    .await;
+    ctx.ended(want);
+    end
+}
+
+/// A minimal HTTP/1.1 keep-alive client: one request at a time, bodies
+/// framed by Content-Length (what studio-relay's hyper sends).
+struct Http1 {
+    stream: TcpStream,
+    host: String,
+    buf: BytesMut,
+}
+
+impl Http1 {
+    async fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Result<BytesMut> {
+        use tokio::io::AsyncReadExt;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        );
+        self.stream.write_all(head.as_bytes()).await?;
+        self.stream.write_all(body).await?;
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end])?.to_ascii_lowercase();
+                let status = head.split_whitespace().nth(1).unwrap_or("");
+                if status != "200" {
+                    bail!("HTTP {status} for {method} {path}");
+                }
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or_else(|| anyhow!("no content-length"))?;
+                while self.buf.len() < end + 4 + len {
+                    if self.stream.read_buf(&mut self.buf).await? == 0 {
+                        bail!("connection closed mid-body");
+                    }
+                }
+                self.buf.advance(end + 4);
+                return Ok(self.buf.split_to(len));
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                bail!("connection closed");
+            }
+        }
+    }
+}
+
+/// A Socket.IO client on Engine.IO long-polling: handshake GET, POST `40`,
+/// then GET after GET; a ping in a body is answered with a POSTed `3`.
+async fn polling_client(ctx: &Ctx, idx: usize, want: Want, gate: &Semaphore) -> Result<()> {
+    let permit = gate.acquire().await?;
+    let setup = async {
+        let stream = ctx.tcp_connect(idx, ctx.target_addr).await?;
+        let mut http = Http1 {
+            stream,
+            host: ctx.host_port.clone(),
+            buf: BytesMut::with_capacity(16 * 1024),
+        };
+        let query = match want {
+            Want::Firehose => "&all=true".to_owned(),
+            Want::Agent(a) => format!("&agentId=a{a}"),
+        };
+        let open = http
+            .request(
+                "GET",
+                &format!("/socket.io/?EIO=4&transport=polling{query}"),
+                b"",
+            )
+            .await?;
+        let open = std::str::from_utf8(&open)?;
+        let sid = open
+            .split("\"sid\":\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .ok_or_else(|| anyhow!("no sid in the open packet"))?
+            .to_owned();
+        let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+        http.request("POST", &path, b"40").await?;
+        loop {
+            let body = http.request("GET", &path, b"").await?;
+            if body[..].split(|b| *b == 0x1e).any(|r| r.starts_with(b"40")) {
+                break;
+            }
+            if body[..].split(|b| *b == 0x1e).any(|r| r == b"2") {
+                http.request("POST", &path, b"3").await?;
+            }
+        }
+        anyhow::Ok((http, path))
+    };
+    let (mut http, path) = ctx.started(want, setup.await)?;
+    drop(permit);
+    let mut rx = Receiver::new(ctx, idx, want);
+    let end: Result<()> = async {
+        loop {
+            let body = http.request("GET", &path, b"").await?;
+            let mut ping = false;
+            for record in body[..].split(|b| *b == 0x1e) {
+                if record == b"2" {
+                    ping = true;
+                } else if record == b"1" {
+                    bail!("session closed by the relay");
+                } else {
+                    rx.on_frame(record);
+                }
+            }
+            if ping {
+                http.request("POST", &path, b"3").await?;
+            }
+        }
     }
     .await;
     ctx.ended(want);

@@ -31,8 +31,12 @@ use crate::publisher::Publisher;
 pub enum Target {
     /// studio-relay (`/ws?agentId=…` or `/ws?all=true`; ready on `welcome`).
     Studio,
-    /// The Node Socket.IO peer (socketio-relay.js, with or without ROOMS=1).
+    /// Socket.IO over WebSocket (the Node peer socketio-relay.js, with or
+    /// without ROOMS=1, or studio-relay's own Socket.IO).
     Socketio,
+    /// Socket.IO over HTTP long-polling (Engine.IO `transport=polling`, one
+    /// keep-alive connection per client for its GETs and POSTs).
+    SocketioPolling,
     /// The minimal Node ws peer (ws-relay.js); no ready frame, so a warm-up
     /// broadcast is used.
     Ws,

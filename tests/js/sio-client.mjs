@@ -12,7 +12,8 @@
 import { io } from "socket.io-client";
 import { createInterface } from "node:readline";
 
-const { url, opts = {} } = JSON.parse(process.argv[2] ?? "{}");
+// exitOnEof: false keeps it running with no commands (the demo).
+const { url, opts = {}, exitOnEof = true } = JSON.parse(process.argv[2] ?? "{}");
 const out = (o) => process.stdout.write(JSON.stringify(o) + "\n");
 const socket = io(url, { forceNew: true, ...opts });
 
@@ -61,6 +62,7 @@ commands.on("line", async (line) => {
   }
 });
 commands.on("close", () => {
+  if (!exitOnEof) return;
   socket.disconnect();
   process.exit(0);
 });
