@@ -190,6 +190,8 @@ run_case() {
   local target=$label
   case "$label" in socketio-rooms|studio-sio) target=socketio ;; studio-poll) target=socketio-polling ;; esac
   if [ "$STUDIO_ONLY" = 1 ] && [ "${label#studio}" = "$label" ]; then return 0; fi
+  # SKIP_LABELS="studio-sio studio-poll": e.g. to compare with a build that has no Socket.IO.
+  case " ${SKIP_LABELS:-} " in *" $label "*) return 0 ;; esac
   if [ "$clients" -gt $(( NOFILE - 2048 )) ]; then
     log "SKIP $label $scenario N=$clients: open-file limit is $NOFILE (needs > $clients + 2048 for the loadgen and the relay; raise the hard limit, e.g. LimitNOFILE= or as a privileged user)"
     echo "SKIP $label $scenario N=$clients: open-file limit $NOFILE" >>"$OUT"

@@ -126,7 +126,12 @@ impl Relay {
         for (listener, addr) in self.listeners {
             let name: Arc<str> = Arc::from(addr.to_string());
             self.metrics.add_listener(&name);
-            tracing::info!(addr = %addr, url = %format!("ws://{addr}/ws"), "listening");
+            // Where to point a client, not only the socket address.
+            let socketio = match config.socketio.enabled {
+                true => format!("http://{addr}{}", config.socketio.path),
+                false => "off".to_owned(),
+            };
+            tracing::info!(addr = %addr, url = %format!("ws://{addr}/ws"), socketio = %socketio, "listening");
             core.spawn(transport::http::serve(listener, name, server.clone()));
         }
         core.close();

@@ -966,7 +966,8 @@ async fn json_logs_are_one_object_per_line_without_tokens_or_payloads() {
     // The start log says where to connect, not only the socket address.
     assert!(messages.iter().any(|v| v["message"] == "listening"
         && v["addr"].is_string()
-        && v["url"] == format!("ws://{}/ws", v["addr"].as_str().unwrap_or(""))));
+        && v["url"] == format!("ws://{}/ws", v["addr"].as_str().unwrap_or(""))
+        && v["socketio"] == format!("http://{}/socket.io/", v["addr"].as_str().unwrap_or(""))));
     let all = lines.join("\n");
     assert!(!all.contains(TOKEN), "a token was logged:\n{all}");
     assert!(
