@@ -16,9 +16,9 @@ use crate::config::Config;
 use crate::ctx::{Admission, ConnIds, Health, Live};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::metrics::SourceLabel;
 use crate::net::{self, StartError};
-use crate::source::redis::RedisSource;
-use crate::source::{Source, SourceCtx};
+use crate::source::{self, Source, SourceCtx};
 use crate::transport::{self, Server};
 use crate::util::id::InstanceId;
 
@@ -64,7 +64,7 @@ impl Relay {
         }
     }
 
-    /// Replaces the sources the config names (Redis) with `sources`, e.g.
+    /// Replaces the sources the config names (Redis, NATS) with `sources`, e.g.
     /// an in-memory one for tests.
     pub fn with_sources(mut self, sources: Vec<Box<dyn Source>>) -> Relay {
         self.sources = Some(sources);
@@ -98,6 +98,7 @@ impl Relay {
         let server = Arc::new(Server::new(
             live.clone(),
             hub_handle,
+            ingest_tx.clone(),
             self.metrics.clone(),
             Arc::new(Admission::default()),
             health.clone(),
@@ -109,13 +110,17 @@ impl Relay {
         let core = TaskTracker::new();
         let hub = Hub::new(self.metrics.clone());
         core.spawn(hub.run(commands, ingest_rx, live.watch(), shutdown.clone()));
-        let sources = self
-            .sources
-            .unwrap_or_else(|| vec![Box::new(RedisSource::new(config.redis.clone()))]);
+        let sources = self.sources.unwrap_or_else(|| source::configured(&config));
         for source in sources {
+            let name = source.name();
+            self.metrics.add_source(name);
+            let gauge = self
+                .metrics
+                .source_up
+                .get_or_create(&SourceLabel { source: name });
             let ctx = SourceCtx {
                 ingest: ingest_tx.clone(),
-                health: health.register(source.name()),
+                health: health.register(name).with_gauge(gauge.clone()),
                 live: live.clone(),
                 metrics: self.metrics.clone(),
                 instance: instance.clone(),

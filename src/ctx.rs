@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -90,7 +91,7 @@ impl Health {
     pub fn register(&self, name: &'static str) -> SourceHealth {
         let flag = Arc::new(AtomicBool::new(false));
         self.lock().push((name, flag.clone()));
-        SourceHealth(flag)
+        SourceHealth { flag, gauge: None }
     }
 
     /// Each registered source with whether it is up, in registration order.
@@ -111,19 +112,32 @@ impl Health {
     }
 }
 
-/// One source's up/down flag.
+/// One source's up/down flag, mirrored into its `relay_source_up` gauge.
 #[derive(Debug, Clone)]
-pub struct SourceHealth(Arc<AtomicBool>);
+pub struct SourceHealth {
+    flag: Arc<AtomicBool>,
+    gauge: Option<Gauge>,
+}
 
 impl SourceHealth {
+    /// Also reports the flag through `gauge` (1 up, 0 down).
+    pub fn with_gauge(mut self, gauge: Gauge) -> Self {
+        gauge.set(i64::from(self.is_up()));
+        self.gauge = Some(gauge);
+        self
+    }
+
     /// Marks the source live or not.
     pub fn set(&self, up: bool) {
-        self.0.store(up, Ordering::Release);
+        self.flag.store(up, Ordering::Release);
+        if let Some(g) = &self.gauge {
+            g.set(i64::from(up));
+        }
     }
 
     /// True while the source is live.
     pub fn is_up(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.flag.load(Ordering::Acquire)
     }
 }
 

@@ -76,6 +76,8 @@ pub enum GapReason {
     /// The relay's own Redis reader fell behind and skipped messages
     /// (an extension of SPEC §5: clients treat every gap the same way).
     RelayLagged,
+    /// The NATS connection was interrupted and is live again.
+    NatsReconnected,
 }
 
 impl GapReason {
@@ -84,6 +86,15 @@ impl GapReason {
         match self {
             GapReason::RedisReconnected => "redis_reconnected",
             GapReason::RelayLagged => "relay_lagged",
+            GapReason::NatsReconnected => "nats_reconnected",
+        }
+    }
+
+    /// The source whose events may be missing (`"source"` in the frame).
+    pub fn source(self) -> &'static str {
+        match self {
+            GapReason::RedisReconnected | GapReason::RelayLagged => "redis",
+            GapReason::NatsReconnected => "nats",
         }
     }
 }

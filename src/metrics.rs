@@ -36,6 +36,13 @@ pub struct TransportLabel {
     pub transport: &'static str,
 }
 
+/// `{source="redis"|"nats"|"publish"|…}`
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// A source's name, as in `/healthz`.
+    pub source: &'static str,
+}
+
 /// Handshake refusal reasons, in SPEC §9's refusal order.
 pub const REJECT_REASONS: [&str; 4] = ["bad_request", "origin", "unauthorized", "capacity"];
 /// Invalid payload kinds: dropped (not UTF-8) or delivered as a string (not JSON).
@@ -70,9 +77,27 @@ pub struct Metrics {
     pub redis_lagged: Counter,
     /// `relay_socketio_sessions_open{transport}`
     pub socketio_sessions: Family<TransportLabel, Gauge>,
+    /// `relay_source_messages_total{source}`: messages taken from each source
+    /// (for Redis the same count as `relay_redis_messages_total`).
+    pub source_messages: Family<SourceLabel, Counter>,
+    /// `relay_source_up{source}`: 1 while the source is live.
+    pub source_up: Family<SourceLabel, Gauge>,
 }
 
 impl Metrics {
+    /// Shows `source` at 0 in the per-source families (call when it starts).
+    pub fn add_source(&self, source: &'static str) {
+        drop(self.source_messages.get_or_create(&SourceLabel { source }));
+        drop(self.source_up.get_or_create(&SourceLabel { source }));
+    }
+
+    /// The message counter of `source`, to keep instead of looking it up per message.
+    pub fn source_counter(&self, source: &'static str) -> Counter {
+        self.source_messages
+            .get_or_create(&SourceLabel { source })
+            .clone()
+    }
+
     /// Registers every metric; labelled families get their known label values.
     pub fn new() -> Self {
         let mut registry = Registry::default();
@@ -91,6 +116,8 @@ impl Metrics {
             routing_index_entries: Gauge::default(),
             redis_lagged: Counter::default(),
             socketio_sessions: Family::default(),
+            source_messages: Family::default(),
+            source_up: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -127,6 +154,16 @@ impl Metrics {
             "relay_invalid_payloads",
             "Redis payloads that were not UTF-8 (dropped) or not JSON (sent as a string)",
             m.invalid_payloads.clone(),
+        );
+        registry.register(
+            "relay_source_messages",
+            "Messages taken from each source (canaries excluded)",
+            m.source_messages.clone(),
+        );
+        registry.register(
+            "relay_source_up",
+            "1 while the source is live",
+            m.source_up.clone(),
         );
         registry.register(
             "relay_redis_up",

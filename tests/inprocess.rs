@@ -226,7 +226,7 @@ async fn a_gap_reaches_every_client_and_health_follows_the_source() {
     for ws in [&mut a, &mut b] {
         assert_eq!(
             next_json(ws).await,
-            json!({"type":"gap","reason":"redis_reconnected"})
+            json!({"type":"gap","reason":"redis_reconnected","source":"redis"})
         );
     }
     let health = |addr: SocketAddr| async move {

@@ -65,7 +65,10 @@ async fn redis_killed_and_restarted_keeps_clients_and_sends_one_gap_each() {
     relay.wait_health(200).await;
     for c in [&mut a, &mut b] {
         let gap = c.next_json().await;
-        assert_eq!(gap, json!({"type": "gap", "reason": "redis_reconnected"}));
+        assert_eq!(
+            gap,
+            json!({"type": "gap", "reason": "redis_reconnected", "source": "redis"})
+        );
     }
     // Events flow again without the clients doing anything, and no second gap.
     redis.publish(CH, r#"{"agentId":"a","n":1}"#).await;
@@ -124,7 +127,7 @@ async fn hung_redis_is_detected_by_the_liveness_probe() {
     relay.wait_health(200).await;
     assert_eq!(
         c.next_json().await,
-        json!({"type": "gap", "reason": "redis_reconnected"})
+        json!({"type": "gap", "reason": "redis_reconnected", "source": "redis"})
     );
     let v = publish_until_received(&redis, &mut c, r#"{"agentId":"a","after":"stop"}"#).await;
     assert_eq!(v["data"]["after"], "stop");

@@ -262,7 +262,7 @@ impl Config {
         format!(
             "listeners [{}], redis {}, patterns {:?}, routing {:?}, firehose {}, {} token(s), {} origin(s), max_connections {}",
             listeners.join(", "),
-            self.redis.redacted_url(),
+            if self.redis.enabled() { self.redis.redacted_url() } else { "off".to_owned() },
             self.redis.patterns,
             self.routing.fields,
             if self.routing.allow_firehose { "allowed" } else { "disabled" },

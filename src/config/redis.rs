@@ -28,7 +28,8 @@ const REDIS_SCHEMES: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://`, `rediss://`, `redis-cluster://` or `redis-sentinel://` URL.
+    /// `redis://`, `rediss://`, `redis-cluster://` or `redis-sentinel://`
+    /// URL; `""` runs without Redis (other sources only).
     pub url: String,
     /// Glob patterns to PSUBSCRIBE.
     pub patterns: Vec<String>,
@@ -38,6 +39,10 @@ pub struct RedisConfig {
     pub liveness_timeout_ms: u64,
     /// Channel for the canary; "" derives it from the first pattern.
     pub canary_channel: String,
+    /// Also take `@socket.io/redis-adapter` / `redis-emitter` broadcasts.
+    pub socketio_adapter: bool,
+    /// The adapter's / emitter's `key` option (channel prefix).
+    pub socketio_key: String,
 }
 
 impl Default for RedisConfig {
@@ -48,6 +53,8 @@ impl Default for RedisConfig {
             liveness_interval_ms: 5000,
             liveness_timeout_ms: 5000,
             canary_channel: String::new(),
+            socketio_adapter: false,
+            socketio_key: "socket.io".into(),
         }
     }
 }
@@ -67,6 +74,16 @@ impl RedisConfig {
         format!("{prefix}{CANARY_SUFFIX}")
     }
 
+    /// False for `url = ""`: the relay runs without Redis.
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    /// The adapter's broadcast pattern, `<key>#/#*` (namespace `/` only).
+    pub fn adapter_pattern(&self) -> String {
+        format!("{}#/#*", glob_escape(&self.socketio_key))
+    }
+
     /// The URL with any password replaced, safe to log.
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
@@ -75,7 +92,14 @@ impl RedisConfig {
     /// URL scheme and syntax, patterns, and a canary the probe can see.
     pub(super) fn validate(&self) -> Checked {
         let mut warnings = Vec::new();
-
+        if self.socketio_adapter && self.socketio_key.is_empty() {
+            return Err(Invalid::new("redis.socketio_key", "may not be empty"));
+        }
+        if !self.enabled() {
+            // No Redis: the patterns still name /publish's channels.
+            self.validate_patterns(&mut warnings)?;
+            return Ok(warnings);
+        }
         let Some((scheme, _)) = self.url.split_once("://") else {
             // Naming an empty scheme would not tell someone who wrote
             // `localhost:6379` what is missing. The URL is not echoed: it may
@@ -100,6 +124,26 @@ impl RedisConfig {
                 format!("invalid Redis URL: {}", e.details()),
             ));
         }
+        let patterns = self.validate_patterns(&mut warnings)?;
+        if self.liveness_interval_ms > 0 {
+            if self.liveness_timeout_ms == 0 {
+                return Err(Invalid::new(
+                    "redis.liveness_timeout_ms",
+                    "must be above 0 while liveness_interval_ms is set",
+                ));
+            }
+            let canary = self.effective_canary_channel();
+            if !patterns.iter().any(|p| p.matches(canary.as_bytes())) {
+                return Err(Invalid::new(
+                    "redis.canary_channel",
+                    format!("canary channel {canary:?} matches no pattern, so the liveness probe could never see it"),
+                ));
+            }
+        }
+        Ok(warnings)
+    }
+
+    fn validate_patterns(&self, warnings: &mut Vec<String>) -> Result<Vec<Pattern>, Invalid> {
         if self.patterns.is_empty() {
             return Err(Invalid::new(
                 "redis.patterns",
@@ -127,23 +171,20 @@ impl RedisConfig {
                 }
             }
         }
-        if self.liveness_interval_ms > 0 {
-            if self.liveness_timeout_ms == 0 {
-                return Err(Invalid::new(
-                    "redis.liveness_timeout_ms",
-                    "must be above 0 while liveness_interval_ms is set",
-                ));
-            }
-            let canary = self.effective_canary_channel();
-            if !patterns.iter().any(|p| p.matches(canary.as_bytes())) {
-                return Err(Invalid::new(
-                    "redis.canary_channel",
-                    format!("canary channel {canary:?} matches no pattern, so the liveness probe could never see it"),
-                ));
-            }
-        }
-        Ok(warnings)
+        Ok(patterns)
     }
+}
+
+/// Escapes glob metacharacters so `key` matches only itself in a PSUBSCRIBE.
+fn glob_escape(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for c in key.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Replaces the password in `scheme://user:pass@host` with `***`.
@@ -175,7 +216,7 @@ mod tests {
 
     #[test]
     fn url_without_scheme_says_so_and_does_not_echo_it() {
-        for url in ["localhost:6379", "", "u:hunter2@h:1"] {
+        for url in ["localhost:6379", "u:hunter2@h:1"] {
             let e = parse(&format!("[redis]\nurl = \"{url}\"\n")).unwrap_err();
             assert_eq!((e.key.as_str(), e.line, e.column), ("redis.url", 2, 7));
             assert!(e.message.starts_with("missing scheme"), "{e}");
@@ -183,6 +224,24 @@ mod tests {
         }
         let e = parse("[redis]\nurl = \"http://x\"\n").unwrap_err();
         assert!(e.message.contains("unsupported scheme \"http\""), "{e}");
+    }
+
+    #[test]
+    fn an_empty_url_turns_redis_off_but_keeps_pattern_rules() {
+        let l = parse("[redis]\nurl = \"\"\n").unwrap();
+        assert!(!l.config.redis.enabled());
+        let e = parse("[redis]\nurl = \"\"\npatterns = []\n").unwrap_err();
+        assert_eq!(e.key, "redis.patterns");
+    }
+
+    #[test]
+    fn the_adapter_pattern_is_the_key_escaped() {
+        let mut r = RedisConfig::default();
+        assert_eq!(r.adapter_pattern(), "socket.io#/#*");
+        r.socketio_key = "a*b".into();
+        assert_eq!(r.adapter_pattern(), "a\\*b#/#*");
+        let e = parse("[redis]\nsocketio_adapter = true\nsocketio_key = \"\"\n").unwrap_err();
+        assert_eq!(e.key, "redis.socketio_key");
     }
 
     #[test]

@@ -599,7 +599,10 @@ mod tests {
         hub.ingest(Ingest::Gap(crate::event::GapReason::RedisReconnected));
         assert_eq!(
             frames(&mut a),
-            ["welcome", r#"{"type":"gap","reason":"redis_reconnected"}"#]
+            [
+                "welcome",
+                r#"{"type":"gap","reason":"redis_reconnected","source":"redis"}"#
+            ]
         );
     }
 }

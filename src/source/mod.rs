@@ -15,6 +15,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
 use crate::ctx::{Live, SourceHealth};
 use crate::event::{Event, GapReason};
 use crate::metrics::Metrics;
@@ -44,6 +45,17 @@ pub struct SourceCtx {
     pub metrics: Arc<Metrics>,
     /// This relay's id, e.g. to tag a liveness canary.
     pub instance: InstanceId,
+}
+
+/// The sources `config` turns on, in `/healthz` order. `POST /publish` is
+/// not among them: it is a route, not a task, and its health is the
+/// listener's own.
+pub fn configured(config: &Config) -> Vec<Box<dyn Source>> {
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    if config.redis.enabled() {
+        sources.push(Box::new(redis::RedisSource::new(config.redis.clone())));
+    }
+    sources
 }
 
 /// A boxed source future.

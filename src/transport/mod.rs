@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::ctx::{Admission, ConnIds, Health, Live};
 use crate::hub::HubHandle;
 use crate::metrics::Metrics;
+use crate::source::IngestTx;
 use crate::util::ratelimit::RateLimit;
 
 /// How often a refused handshake may be logged at info.
@@ -28,6 +29,8 @@ pub struct Server {
     pub live: Live,
     /// The hub.
     pub hub: HubHandle,
+    /// The hub's inbox, for events that arrive over HTTP (`POST /publish`).
+    pub ingest: IngestTx,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// `max_connections` slots.
@@ -51,6 +54,7 @@ impl Server {
     pub fn new(
         live: Live,
         hub: HubHandle,
+        ingest: IngestTx,
         metrics: Arc<Metrics>,
         admission: Arc<Admission>,
         health: Arc<Health>,
@@ -61,6 +65,7 @@ impl Server {
         Server {
             live,
             hub,
+            ingest,
             metrics,
             admission,
             health,

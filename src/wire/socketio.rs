@@ -487,14 +487,13 @@ fn event_frame_inner(event: &Event, offset: Option<u64>) -> Utf8Bytes {
 
 /// `42["relay:gap",{"reason":"…","source":"…"}]`
 pub fn gap(reason: GapReason) -> Utf8Bytes {
-    match reason {
-        GapReason::RedisReconnected => Utf8Bytes::from_static(
-            r#"42["relay:gap",{"reason":"redis_reconnected","source":"redis"}]"#,
-        ),
-        GapReason::RelayLagged => {
-            Utf8Bytes::from_static(r#"42["relay:gap",{"reason":"relay_lagged","source":"redis"}]"#)
-        }
-    }
+    // Gaps are rare: no need for static frames per reason.
+    format!(
+        r#"42["{GAP_EVENT}",{{"reason":"{}","source":"{}"}}]"#,
+        reason.as_str(),
+        reason.source()
+    )
+    .into()
 }
 
 /// `43<id><args>`: the answer to a client event sent with an ack id;

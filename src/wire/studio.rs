@@ -229,16 +229,15 @@ pub fn error(err: &FrameError) -> Utf8Bytes {
 /// `{"type":"pong"}`
 pub const PONG: Utf8Bytes = Utf8Bytes::from_static(r#"{"type":"pong"}"#);
 
-/// `{"type":"gap","reason":…}`
+/// `{"type":"gap","reason":…,"source":…}`
 pub fn gap(reason: GapReason) -> Utf8Bytes {
-    match reason {
-        GapReason::RedisReconnected => {
-            Utf8Bytes::from_static(r#"{"type":"gap","reason":"redis_reconnected"}"#)
-        }
-        GapReason::RelayLagged => {
-            Utf8Bytes::from_static(r#"{"type":"gap","reason":"relay_lagged"}"#)
-        }
-    }
+    // Gaps are rare: no need for static frames per reason.
+    format!(
+        r#"{{"type":"gap","reason":"{}","source":"{}"}}"#,
+        reason.as_str(),
+        reason.source()
+    )
+    .into()
 }
 
 /// `{"type":"event","event":<name>,"data":<data>}`, built once per event

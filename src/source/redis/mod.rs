@@ -16,6 +16,7 @@ use fred::clients::SubscriberClient;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::types::config::Config as FredConfig;
 use fred::types::{Builder, Message, Value};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -78,6 +79,8 @@ struct Subscriber {
     reloads: watch::Receiver<Arc<Config>>,
     fields: Vec<Arc<str>>,
     invalid_log: RateLimit,
+    /// `relay_source_messages_total{source="redis"}`.
+    messages: Counter,
 }
 
 /// How a session ended.
@@ -98,10 +101,11 @@ impl Subscriber {
             redis,
             patterns,
             canary,
-            ctx,
             reloads,
             fields,
             invalid_log: RateLimit::new(INVALID_LOG_EVERY),
+            messages: ctx.metrics.source_counter("redis"),
+            ctx,
         }
     }
 
@@ -328,6 +332,7 @@ impl Subscriber {
         let received = Instant::now();
         let channel: &str = &msg.channel;
         self.ctx.metrics.redis_messages.inc();
+        self.messages.inc();
         let payload: &str = match &msg.value {
             Value::String(s) => s,
             Value::Null => "",
