@@ -7,11 +7,16 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use bytes::Bytes;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// How many wire formats can cache a frame on one event (one slot each,
 /// indexed by [`Wire::slot`](crate::wire::Wire::slot)).
 pub const WIRE_SLOTS: usize = 2;
+
+/// The routing field of Socket.IO adapter rooms (SPEC §10): routable
+/// whenever the adapter source is on, whatever `routing.fields` says.
+pub const ROOM_FIELD: &str = "room";
 
 /// An event's payload as clients receive it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +25,24 @@ pub enum Data {
     Json(Box<str>),
     /// UTF-8 that is not JSON: sent as a JSON string.
     Text(Box<str>),
+    /// A Socket.IO event with no, several or binary arguments, which each
+    /// wire format spells differently.
+    Args(Box<Args>),
+}
+
+/// Arguments of a Socket.IO adapter event, in both spellings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    /// Native `data`: `null` for none, the argument for one, else a JSON
+    /// array; binary as base64 strings.
+    pub native: Box<str>,
+    /// The arguments' JSON for a Socket.IO packet, comma-separated (empty
+    /// for none); binary as `{"_placeholder":true,"num":N}`.
+    pub socketio: Box<str>,
+    /// The binary attachments, in placeholder order.
+    pub attachments: Arc<[Bytes]>,
+    /// The first argument as native JSON, which routing reads.
+    pub first: Option<Box<str>>,
 }
 
 /// One event to route.
@@ -35,6 +58,8 @@ pub struct Event {
     pub received: Instant,
     /// Position in the relay's history, once history exists.
     pub offset: Option<u64>,
+    /// Rooms (values of [`ROOM_FIELD`]) whose subscribers must not get it.
+    pub except: Box<[Box<str>]>,
     frames: [OnceLock<Utf8Bytes>; WIRE_SLOTS],
 }
 
@@ -52,6 +77,7 @@ impl Event {
             keys,
             received,
             offset: None,
+            except: Box::default(),
             frames: Default::default(),
         }
     }
@@ -59,6 +85,14 @@ impl Event {
     /// True when the payload was not JSON (and travels as a string).
     pub fn is_text(&self) -> bool {
         matches!(self.data, Data::Text(_))
+    }
+
+    /// Binary frames that follow the Socket.IO text frame, if any.
+    pub fn attachments(&self) -> Option<&Arc<[Bytes]>> {
+        match &self.data {
+            Data::Args(a) if !a.attachments.is_empty() => Some(&a.attachments),
+            _ => None,
+        }
     }
 
     /// The frame cached in `slot`, built by `build` on first use. Racing

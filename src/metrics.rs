@@ -45,8 +45,16 @@ pub struct SourceLabel {
 
 /// Handshake refusal reasons, in SPEC §9's refusal order.
 pub const REJECT_REASONS: [&str; 4] = ["bad_request", "origin", "unauthorized", "capacity"];
-/// Invalid payload kinds: dropped (not UTF-8) or delivered as a string (not JSON).
-pub const PAYLOAD_KINDS: [&str; 2] = ["not_utf8", "not_json"];
+/// Invalid payload kinds: dropped (not UTF-8), delivered as a string (not
+/// JSON); Socket.IO adapter messages dropped as malformed (`bad_msgpack`),
+/// for another namespace or not an event.
+pub const PAYLOAD_KINDS: [&str; 5] = [
+    "not_utf8",
+    "not_json",
+    "bad_msgpack",
+    "other_namespace",
+    "not_event",
+];
 
 /// All metrics; cheap to share behind an `Arc`.
 pub struct Metrics {
@@ -152,7 +160,7 @@ impl Metrics {
         );
         registry.register(
             "relay_invalid_payloads",
-            "Redis payloads that were not UTF-8 (dropped) or not JSON (sent as a string)",
+            "Source payloads that were not UTF-8 (dropped), not JSON (sent as a string), or Socket.IO adapter messages dropped (bad_msgpack, other_namespace, not_event)",
             m.invalid_payloads.clone(),
         );
         registry.register(

@@ -234,6 +234,18 @@ impl Config {
         }
     }
 
+    /// The fields clients may subscribe by: `routing.fields`, plus
+    /// [`ROOM_FIELD`](crate::event::ROOM_FIELD) while the Socket.IO adapter
+    /// source is on (its rooms route by it, SPEC §10).
+    pub fn routable_fields(&self) -> Vec<String> {
+        let mut fields = self.routing.fields.clone();
+        let room = crate::event::ROOM_FIELD;
+        if self.redis.socketio_adapter && !fields.iter().any(|f| f == room) {
+            fields.push(room.to_owned());
+        }
+        fields
+    }
+
     /// Checks what serde cannot: ranges, formats and cross-field rules.
     /// Returns warnings, or the offending key path and message.
     pub fn validate(&self) -> Result<Vec<String>, (String, String)> {

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::ctx::ConnId;
-use crate::event::Event;
+use crate::event::{Event, ROOM_FIELD};
 use crate::metrics::Metrics;
 use crate::source::Ingest;
 use crate::wire::{self, Wire};
@@ -273,10 +273,7 @@ impl Hub {
         match item {
             Ingest::Event(event) => self.route(&Arc::new(event)),
             Ingest::Gap(reason) => {
-                let make = |w: Wire| Outbound {
-                    frame: w.gap_frame(reason),
-                    received: None,
-                };
+                let make = |w: Wire| Outbound::text(w.gap_frame(reason), None);
                 let mut frames = Frames::new(&make);
                 self.seq += 1;
                 for slot in 0..self.slots.len() {
@@ -309,8 +306,18 @@ impl Hub {
         let make = |w: Wire| Outbound {
             frame: w.event_frame(event),
             received: Some(event.received),
+            attachments: w.attachments(event),
         };
         let mut frames = Frames::new(&make);
+        // `io.except(room)`: stamping a slot marks it done for this event,
+        // so the loops below skip it; O(connections in those rooms).
+        for room in &event.except {
+            for slot in self.index.matching(ROOM_FIELD, room) {
+                if let Some(Some(entry)) = self.slots.get_mut(slot) {
+                    entry.stamp = seq;
+                }
+            }
+        }
         if event.keys.is_empty() {
             for slot in 0..self.slots.len() {
                 deliver(&mut self.slots, slot, &mut frames, seq, &mut self.marks);
@@ -329,10 +336,7 @@ impl Hub {
 
     fn send_control(&mut self, slot: Slot, frame: Utf8Bytes) {
         self.seq += 1;
-        let out = Outbound {
-            frame,
-            received: None,
-        };
+        let out = Outbound::text(frame, None);
         // A control frame is for one connection, in whatever format it speaks.
         let make = |_: Wire| out.clone();
         let mut frames = Frames::new(&make);
@@ -506,6 +510,36 @@ mod tests {
         assert_eq!(frames(&mut b), ["welcome", "e2", "global"]);
         assert_eq!(frames(&mut f), ["welcome", "e1", "e2", "global", "e3"]);
         assert_eq!(hub.index_entries(), 5);
+    }
+
+    #[test]
+    fn except_rooms_are_left_out_of_room_global_and_firehose_routing() {
+        let mut hub = Hub::new(Arc::new(Metrics::new()));
+        let mut r1 = register(&mut hub, 1, &[("room", "r1")], false, 16, 1 << 20);
+        let mut both = register(
+            &mut hub,
+            2,
+            &[("room", "r1"), ("room", "r2")],
+            false,
+            16,
+            1 << 20,
+        );
+        let mut fire = register(&mut hub, 3, &[("room", "r2")], true, 16, 1 << 20);
+        let mut other = register(&mut hub, 4, &[("agentId", "a")], false, 16, 1 << 20);
+        let with_except = |keys: &[(&str, &str)], name: &str, except: &[&str]| {
+            let Ingest::Event(mut e) = ev(keys, name) else {
+                unreachable!()
+            };
+            e.except = except.iter().map(|r| Box::from(*r)).collect();
+            Ingest::Event(e)
+        };
+        hub.ingest(with_except(&[("room", "r1")], "to-r1-except-r2", &["r2"]));
+        hub.ingest(with_except(&[], "all-except-r1", &["r1"]));
+        hub.ingest(with_except(&[("room", "r1")], "to-r1", &[]));
+        assert_eq!(frames(&mut r1), ["welcome", "to-r1-except-r2", "to-r1"]);
+        assert_eq!(frames(&mut both), ["welcome", "to-r1"]);
+        assert_eq!(frames(&mut fire), ["welcome", "all-except-r1", "to-r1"]);
+        assert_eq!(frames(&mut other), ["welcome", "all-except-r1"]);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -21,6 +22,28 @@ pub struct Outbound {
     pub frame: Utf8Bytes,
     /// When its Redis message was read, for the latency histogram.
     pub received: Option<Instant>,
+    /// Binary messages that follow the frame (Socket.IO attachments).
+    pub attachments: Option<Arc<[Bytes]>>,
+}
+
+impl Outbound {
+    /// A frame with no attachments.
+    pub fn text(frame: Utf8Bytes, received: Option<Instant>) -> Self {
+        Outbound {
+            frame,
+            received,
+            attachments: None,
+        }
+    }
+
+    /// Bytes it holds in a queue, attachments included.
+    pub fn queued_bytes(&self) -> usize {
+        self.frame.len()
+            + self
+                .attachments
+                .as_ref()
+                .map_or(0, |a| a.iter().map(Bytes::len).sum())
+    }
 }
 
 /// State both ends of a connection queue see, and the connection's one
@@ -137,7 +160,7 @@ impl QueueTx {
             return Enqueue::Slow;
         }
         let first = q.items.is_empty();
-        q.bytes += out.frame.len();
+        q.bytes += out.queued_bytes();
         q.items.push_back(out.clone());
         Enqueue::Queued { first }
     }
@@ -186,7 +209,7 @@ impl QueueRx {
         let q = &mut *guard;
         let n = q.items.len().min(limit);
         for out in q.items.drain(..n) {
-            q.bytes -= out.frame.len();
+            q.bytes -= out.queued_bytes();
             buf.push(out);
         }
         // Give back a burst's buffer so idle connections stay small.
@@ -228,10 +251,7 @@ mod tests {
     use super::*;
 
     fn out(s: &str) -> Outbound {
-        Outbound {
-            frame: s.to_owned().into(),
-            received: None,
-        }
+        Outbound::text(s.to_owned().into(), None)
     }
 
     #[test]

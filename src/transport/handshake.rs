@@ -124,12 +124,13 @@ pub struct Query {
 pub fn parse_query(query: &str, config: &Config) -> Result<Query, String> {
     let mut q = Query::default();
     let mut seen = HashSet::new();
+    let fields = config.routable_fields();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let k = decode_component(k).map_err(|()| {
             "a query parameter name is not valid UTF-8 after percent-decoding".to_owned()
         })?;
-        let known = k == "all" || k == "token" || config.routing.fields.contains(&k);
+        let known = k == "all" || k == "token" || fields.contains(&k);
         if !known {
             continue;
         }

@@ -157,7 +157,7 @@ async fn run(on_upgrade: OnUpgrade, admitted: Admitted, listener: Arc<str>, serv
 
     let welcome = studio::welcome(
         &admitted.name.text,
-        &config.routing.fields,
+        &config.routable_fields(),
         &admitted.keys,
         admitted.all,
     );
@@ -378,7 +378,7 @@ impl Conn {
 /// (pong or error). Acks travel through the hub and the queue.
 async fn on_text(text: &str, session: &mut Session) -> Option<Utf8Bytes> {
     let config = session.live().get();
-    let (subscribe, change) = match studio::parse_client_frame(text, &config.routing.fields) {
+    let (subscribe, change) = match studio::parse_client_frame(text, &config.routable_fields()) {
         Ok(ClientFrame::Ping) => return Some(studio::PONG),
         Ok(ClientFrame::Subscribe(c)) => (true, c),
         Ok(ClientFrame::Unsubscribe(c)) => (false, c),

@@ -2,6 +2,7 @@
 //! Redis glob patterns, a rate limiter for log lines.
 
 pub mod backoff;
+pub mod base64;
 pub mod id;
 pub mod pattern;
 pub mod ratelimit;

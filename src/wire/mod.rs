@@ -8,6 +8,9 @@ pub mod close;
 pub mod socketio;
 pub mod studio;
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::event::{Event, GapReason, WIRE_SLOTS};
@@ -47,6 +50,15 @@ impl Wire {
                 },
             })
             .clone()
+    }
+
+    /// Binary messages that follow the event's frame in this format.
+    pub fn attachments(self, event: &Event) -> Option<Arc<[Bytes]>> {
+        match self {
+            // Native clients get binary as base64 inside the frame.
+            Wire::Studio => None,
+            Wire::SocketIo => event.attachments().cloned(),
+        }
     }
 
     /// The gap notice in this format.

@@ -457,26 +457,49 @@ pub fn event_frame_with_offset(event: &Event, offset: u64) -> Utf8Bytes {
 }
 
 fn event_frame_inner(event: &Event, offset: Option<u64>) -> Utf8Bytes {
-    const HEAD: &str = "42[";
+    // `42[` or, with binary attachments, `45<n>-[` (socket.io-parser's
+    // BINARY_EVENT, the attachments following as binary messages).
+    let attachments = event.attachments().map_or(0, |a| a.len());
+    let head_len = match attachments {
+        0 => 3,
+        n => 4 + decimal_len(n as u64),
+    };
     let data_len = match &event.data {
-        Data::Json(json) => json.len(),
-        Data::Text(text) => json_string_len(text),
+        Data::Json(json) => 1 + json.len(),
+        Data::Text(text) => 1 + json_string_len(text),
+        Data::Args(args) if args.socketio.is_empty() => 0,
+        Data::Args(args) => 1 + args.socketio.len(),
     };
     // `,"` + digits + `"`
     let offset_len = offset.map_or(0, |n| 3 + decimal_len(n));
-    let len = HEAD.len() + json_string_len(&event.name) + 1 + data_len + offset_len + 1;
+    let len = head_len + json_string_len(&event.name) + data_len + offset_len + 1;
     let mut out = String::with_capacity(len);
-    out.push_str(HEAD);
+    use std::fmt::Write;
+    match attachments {
+        0 => out.push_str("42["),
+        // Writing to a String cannot fail.
+        n => {
+            let _ = write!(out, "45{n}-[");
+        }
+    }
     push_json_string(&mut out, &event.name);
-    out.push(',');
     match &event.data {
-        Data::Json(json) => out.push_str(json),
-        Data::Text(text) => push_json_string(&mut out, text),
+        Data::Json(json) => {
+            out.push(',');
+            out.push_str(json);
+        }
+        Data::Text(text) => {
+            out.push(',');
+            push_json_string(&mut out, text);
+        }
+        Data::Args(args) if args.socketio.is_empty() => {}
+        Data::Args(args) => {
+            out.push(',');
+            out.push_str(&args.socketio);
+        }
     }
     if let Some(n) = offset {
-        use std::fmt::Write;
         out.push_str(",\"");
-        // Writing to a String cannot fail.
         let _ = write!(out, "{n}");
         out.push('"');
     }
@@ -1027,6 +1050,34 @@ mod proptests {
     use proptest::prelude::*;
     use std::time::Instant;
 
+    #[test]
+    fn adapter_arguments_are_spread_and_binary_is_counted() {
+        use crate::event::Args;
+        use bytes::Bytes;
+        let args = |socketio: &str, attachments: Vec<Bytes>| {
+            Data::Args(Box::new(Args {
+                native: "unused".into(),
+                socketio: socketio.into(),
+                attachments: attachments.into(),
+                first: None,
+            }))
+        };
+        let e = Event::new("m", args(r#"1,"two""#, vec![]), Vec::new(), Instant::now());
+        assert_eq!(event_frame(&e).as_str(), r#"42["m",1,"two"]"#);
+        let e = Event::new("m", args("", vec![]), Vec::new(), Instant::now());
+        assert_eq!(event_frame(&e).as_str(), r#"42["m"]"#);
+        assert_eq!(event_frame_with_offset(&e, 7).as_str(), r#"42["m","7"]"#);
+        let bin = args(
+            r#"{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}"#,
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+        );
+        let e = Event::new("m", bin, Vec::new(), Instant::now());
+        assert_eq!(
+            event_frame(&e).as_str(),
+            r#"452-["m",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -1069,6 +1120,7 @@ mod proptests {
             match &data {
                 Data::Json(j) => prop_assert_eq!(&v[1], &serde_json::from_str::<Value>(j).unwrap()),
                 Data::Text(t) => prop_assert_eq!(&v[1], &Value::String(t.to_string())),
+                Data::Args(_) => unreachable!("only Json and Text are generated"),
             }
             match offset {
                 Some(n) => prop_assert_eq!(&v[2], &Value::String(n.to_string())),

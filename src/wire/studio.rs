@@ -246,6 +246,7 @@ pub fn event_frame(event: &Event) -> Utf8Bytes {
     match &event.data {
         Data::Json(json) => event_frame_json(&event.name, json),
         Data::Text(text) => event_frame_with(&event.name, |out| push_json_string(out, text)),
+        Data::Args(args) => event_frame_json(&event.name, &args.native),
     }
 }
 

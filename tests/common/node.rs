@@ -94,6 +94,16 @@ impl NodeProc {
         p
     }
 
+    /// `tests/js/sio-server.mjs`: a Socket.IO server with the Redis adapter
+    /// and a Redis emitter on `redis_url`; waits for `ready`, returns it and
+    /// the port its own clients connect to.
+    pub async fn sio_server(redis_url: &str) -> (NodeProc, u16) {
+        let mut p = Self::spawn("sio-server.mjs", &serde_json::json!({"redis": redis_url})).await;
+        let ready = p.wait_for("ready").await;
+        let port = ready["port"].as_u64().expect("port") as u16;
+        (p, port)
+    }
+
     /// `tests/js/browser.mjs`: a page in headless Chromium connecting to `relay`.
     pub async fn browser(relay: &str, query: Value) -> NodeProc {
         Self::spawn(

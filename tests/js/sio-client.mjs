@@ -25,7 +25,15 @@ socket.io.on("open", () => {
 socket.on("connect_error", (e) => out({ ev: "connect_error", message: e.message, data: e.data ?? null }));
 socket.on("disconnect", (reason) => out({ ev: "disconnect", reason }));
 socket.io.on("reconnect_attempt", (n) => out({ ev: "reconnect_attempt", n }));
-socket.onAny((name, ...args) => out({ ev: "event", name, args }));
+// Binary arguments are shown as {"$bin":"<base64>"}, which JSON can carry.
+const tag = (v) => {
+  if (v instanceof ArrayBuffer) return { $bin: Buffer.from(v).toString("base64") };
+  if (ArrayBuffer.isView(v)) return { $bin: Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString("base64") };
+  if (Array.isArray(v)) return v.map(tag);
+  if (v && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, tag(x)]));
+  return v;
+};
+socket.onAny((name, ...args) => out({ ev: "event", name, args: tag(args) }));
 
 const commands = createInterface({ input: process.stdin });
 commands.on("line", async (line) => {

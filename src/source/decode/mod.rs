@@ -2,4 +2,5 @@
 //! value, so "Redis + studio JSON" and, later, "Redis + Socket.IO adapter
 //! MessagePack" or "NATS + studio JSON" are combinations, not new loops.
 
+pub mod adapter;
 pub mod studio_json;

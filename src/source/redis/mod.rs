@@ -20,6 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::decode::adapter::{self, Skip};
 use super::decode::studio_json;
 use super::{Ingest, Source, SourceCtx, SourceRun};
 use crate::config::{Config, RedisConfig};
@@ -81,6 +82,8 @@ struct Subscriber {
     invalid_log: RateLimit,
     /// `relay_source_messages_total{source="redis"}`.
     messages: Counter,
+    /// `<key>#/#` while the Socket.IO adapter source is on.
+    adapter_prefix: Option<String>,
 }
 
 /// How a session ended.
@@ -95,6 +98,9 @@ impl Subscriber {
         // The most specific pattern names the event when several match.
         patterns.sort_by_key(|p| std::cmp::Reverse(p.prefix().len()));
         let canary = redis.effective_canary_channel();
+        let adapter_prefix = redis
+            .socketio_adapter
+            .then(|| format!("{}#/#", redis.socketio_key));
         let mut reloads = ctx.live.watch();
         let fields = routing_fields(&reloads.borrow_and_update());
         Subscriber {
@@ -105,6 +111,7 @@ impl Subscriber {
             fields,
             invalid_log: RateLimit::new(INVALID_LOG_EVERY),
             messages: ctx.metrics.source_counter("redis"),
+            adapter_prefix,
             ctx,
         }
     }
@@ -158,6 +165,15 @@ impl Subscriber {
         self.ctx.metrics.redis_up.set(i64::from(up));
     }
 
+    /// The configured patterns, plus the adapter's when it is on.
+    fn subscribed_patterns(&self) -> Vec<String> {
+        let mut patterns = self.redis.patterns.clone();
+        if self.redis.socketio_adapter {
+            patterns.push(self.redis.adapter_pattern());
+        }
+        patterns
+    }
+
     fn probe_timeout(&self) -> Duration {
         if self.redis.liveness_interval_ms > 0 {
             Duration::from_millis(self.redis.liveness_timeout_ms)
@@ -209,7 +225,7 @@ impl Subscriber {
             if let Some(p) = &publisher {
                 pub_task = Some(p.init().await?);
             }
-            subscriber.psubscribe(self.redis.patterns.clone()).await
+            subscriber.psubscribe(self.subscribed_patterns()).await
         };
         let connected = tokio::select! {
             _ = shutdown.cancelled() => return End::Shutdown,
@@ -333,6 +349,11 @@ impl Subscriber {
         let channel: &str = &msg.channel;
         self.ctx.metrics.redis_messages.inc();
         self.messages.inc();
+        if let Some(prefix) = &self.adapter_prefix {
+            if channel.starts_with(prefix.as_str()) {
+                return self.forward_adapter(&msg, received).await;
+            }
+        }
         let payload: &str = match &msg.value {
             Value::String(s) => s,
             Value::Null => "",
@@ -370,6 +391,36 @@ impl Subscriber {
             .send(Ingest::Event(event))
             .await
             .map_err(|_| ())
+    }
+
+    /// A `@socket.io/redis-adapter` / `redis-emitter` broadcast (SPEC §10).
+    async fn forward_adapter(&mut self, msg: &Message, received: Instant) -> Result<(), ()> {
+        let bytes: &[u8] = match &msg.value {
+            Value::Bytes(b) => b,
+            Value::String(s) => s.as_bytes(),
+            _ => &[],
+        };
+        if self.reloads.has_changed().unwrap_or(false) {
+            self.fields = routing_fields(&self.reloads.borrow_and_update());
+        }
+        match adapter::decode(bytes, &self.fields, received) {
+            Ok(event) => self
+                .ctx
+                .ingest
+                .send(Ingest::Event(event))
+                .await
+                .map_err(|_| ()),
+            Err(skip @ (Skip::OtherNamespace | Skip::NotEvent)) => {
+                // Well-formed but not for this relay's clients: counted only.
+                self.ctx.metrics.invalid_payload(skip.kind());
+                Ok(())
+            }
+            Err(skip) => {
+                let what = skip.to_string();
+                self.invalid(skip.kind(), &msg.channel, &format!("{what}; dropped"));
+                Ok(())
+            }
+        }
     }
 
     fn invalid(&self, kind: &'static str, channel: &str, what: &str) {

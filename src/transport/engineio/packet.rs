@@ -10,6 +10,7 @@
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::wire::studio::push_json_string;
 
@@ -157,6 +158,14 @@ pub fn open_packet(
         "],\"pingInterval\":{ping_interval_ms},\"pingTimeout\":{ping_timeout_ms},\"maxPayload\":{max_payload}}}"
     );
     out
+}
+
+/// `b<base64>`: a binary message in a polling payload.
+pub fn binary_packet(bytes: &[u8]) -> Utf8Bytes {
+    let mut out = String::with_capacity(1 + crate::util::base64::encoded_len(bytes.len()));
+    out.push('b');
+    crate::util::base64::encode_into(&mut out, bytes);
+    out.into()
 }
 
 /// A polling GET answer: already-encoded packets joined with `\x1e`, in one

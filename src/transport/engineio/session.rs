@@ -469,7 +469,7 @@ impl Driver {
             return;
         };
         let config = self.server.live.get();
-        let asked = match socketio::connect_auth(auth, &config.routing.fields) {
+        let asked = match socketio::connect_auth(auth, &config.routable_fields()) {
             Ok(a) => a,
             Err(e) => {
                 self.out.push(socketio::connect_refused(&e));
@@ -525,7 +525,7 @@ impl Driver {
         let Some(session) = self.session.as_mut() else {
             return;
         };
-        let fields = session.live().get().routing.fields.clone();
+        let fields = session.live().get().routable_fields();
         let result = match socketio::subscription(name, args, &fields) {
             Ok(sub) => {
                 let (subscribe, change) = match sub {
@@ -562,8 +562,15 @@ impl Driver {
             let out = &mut self.out;
             let buf = &mut self.buf;
             let write = async {
-                for frame in out.drain(..).chain(buf.drain(..).map(|o| o.frame)) {
+                for frame in out.drain(..) {
                     ws.feed(Message::Text(frame)).await?;
+                }
+                for o in buf.drain(..) {
+                    ws.feed(Message::Text(o.frame)).await?;
+                    // Engine.IO 4 over websocket: an attachment is a bare binary message.
+                    for a in o.attachments.iter().flat_map(|a| a.iter()) {
+                        ws.feed(Message::Binary(a.clone())).await?;
+                    }
                 }
                 ws.flush().await
             };
@@ -577,11 +584,14 @@ impl Driver {
                 }
             }
         } else if let Some(poll) = self.poll.take() {
-            let frames: Vec<Utf8Bytes> = self
-                .out
-                .drain(..)
-                .chain(self.buf.drain(..).map(|o| o.frame))
-                .collect();
+            let mut frames: Vec<Utf8Bytes> = self.out.drain(..).collect();
+            for o in self.buf.drain(..) {
+                frames.push(o.frame);
+                // Over polling an attachment is a `b<base64>` packet.
+                for a in o.attachments.iter().flat_map(|a| a.iter()) {
+                    frames.push(packet::binary_packet(a));
+                }
+            }
             let _ = poll.send(PollAnswer::Body(packet::payload_body(&frames)));
         } else {
             return Ok(());
