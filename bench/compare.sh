@@ -153,11 +153,12 @@ start_target() {
   local kind=$1 log="$WORK/$1.log"
   TARGET_PORT=$(free_port)
   case "$kind" in
-    studio|studio-sio|studio-poll)
+    studio|studio-sio|studio-poll|studio-adapter)
       [ "$HAVE_STUDIO" = 1 ] || return 1
       cat >"$WORK/relay.toml" <<EOF
 [redis]
 url = "redis://127.0.0.1:$REDIS_PORT"
+socketio_adapter = true
 [[listeners]]
 bind = "127.0.0.1:$TARGET_PORT"
 [limits]
@@ -188,7 +189,7 @@ EOF
 run_case() {
   local label=$1 scenario=$2 clients=$3; shift 3
   local target=$label
-  case "$label" in socketio-rooms|studio-sio) target=socketio ;; studio-poll) target=socketio-polling ;; esac
+  case "$label" in socketio-rooms|studio-sio) target=socketio ;; studio-poll) target=socketio-polling ;; studio-adapter) target=studio; set -- "$@" --adapter ;; esac
   if [ "$STUDIO_ONLY" = 1 ] && [ "${label#studio}" = "$label" ]; then return 0; fi
   # SKIP_LABELS="studio-sio studio-poll": e.g. to compare with a build that has no Socket.IO.
   case " ${SKIP_LABELS:-} " in *" $label "*) return 0 ;; esac
@@ -219,13 +220,14 @@ else
 fi
 
 # studio-sio / studio-poll: studio-relay's own Socket.IO over WebSocket /
-# over HTTP long-polling; same load generator as the peers.
+# over HTTP long-polling; same load generator as the peers. studio-adapter:
+# native clients, events published as @socket.io/redis-adapter MessagePack.
 PEERS_ALL=(studio studio-sio studio-poll socketio ws redis)
-for t in "${PEERS_ALL[@]}"; do run_case "$t" fanout "$N" --duration "$D"; done
+for t in studio-adapter "${PEERS_ALL[@]}"; do run_case "$t" fanout "$N" --duration "$D"; done
 for r in 1000 100; do
   for t in "${PEERS_ALL[@]}"; do run_case "$t" rate "$N" --rate "$r" --duration "$D"; done
 done
-for t in studio studio-sio studio-poll socketio-rooms socketio; do run_case "$t" routed "$RN" --agents "$RA" --duration "$D"; done
+for t in studio studio-adapter studio-sio studio-poll socketio-rooms socketio; do run_case "$t" routed "$RN" --agents "$RA" --duration "$D"; done
 run_case studio routed "$BN" --agents "$BA" --duration "$D"
 
 # Idle: the relay needs max_connections (200000 in its config) and an

@@ -15,7 +15,7 @@ trap cleanup EXIT
 redis-server --port "$RP" --bind 127.0.0.1 --save '' --appendonly no --dir "$tmp" >/dev/null &
 REDIS=$!
 until redis-cli -p "$RP" ping >/dev/null 2>&1; do sleep 0.05; done
-printf '[redis]\nurl = "redis://127.0.0.1:%s"\n[[listeners]]\nbind = "127.0.0.1:%s"\n[log]\nlevel = "warn"\n' "$RP" "$WP" > "$tmp/relay.toml"
+printf '[redis]\nurl = "redis://127.0.0.1:%s"\nsocketio_adapter = true\n[[listeners]]\nbind = "127.0.0.1:%s"\n[log]\nlevel = "warn"\n' "$RP" "$WP" > "$tmp/relay.toml"
 "$BIN/studio-relay" --config "$tmp/relay.toml" 2> "$tmp/relay.log" &
 RELAY=$!
 until curl -fsS "http://127.0.0.1:$WP/healthz" >/dev/null 2>&1; do sleep 0.05; done
@@ -24,7 +24,8 @@ fail=0
 for args in "--target studio --scenario fanout --clients 20" "--target studio --scenario routed --clients 40 --agents 4" \
             "--target studio --scenario rate --rate 200 --clients 20" \
             "--target socketio --scenario routed --clients 40 --agents 4" \
-            "--target socketio-polling --scenario fanout --clients 20"; do
+            "--target socketio-polling --scenario fanout --clients 20" \
+            "--target studio --scenario routed --clients 40 --agents 4 --adapter"; do
   # shellcheck disable=SC2086
   line=$("$BIN/studio-relay-bench" --url "127.0.0.1:$WP" --redis "redis://127.0.0.1:$RP" \
     --pid "$RELAY" --duration 1 --warmup-secs 0 --json-only $args | grep '^RESULT ' || true)

@@ -108,6 +108,11 @@ struct Args {
     /// Channel to PUBLISH on.
     #[arg(long, default_value = "claude-studio:bench")]
     channel: String,
+    /// Publish as a Socket.IO server's `io.emit(<channel's event>, payload)`
+    /// through @socket.io/redis-adapter (MessagePack on `socket.io#/#`)
+    /// instead of JSON on --channel; the relay needs `socketio_adapter = true`.
+    #[arg(long)]
+    adapter: bool,
     /// Pattern raw Redis subscribers PSUBSCRIBE to.
     #[arg(long, default_value = "claude-studio:*")]
     pattern: String,
@@ -276,8 +281,14 @@ async fn run(args: &Args) -> Result<Value> {
         bail!("no client became ready; errors: {}", errors_json(&ctx));
     }
 
-    let mut publisher =
-        Publisher::connect(&redis, &args.channel, args.pipeline, args.payload_bytes).await?;
+    let mut publisher = if args.adapter {
+        let event = args.channel.rsplit(':').next().unwrap_or("bench");
+        Publisher::connect(&redis, "socket.io#/#", args.pipeline, args.payload_bytes)
+            .await?
+            .adapter(event)
+    } else {
+        Publisher::connect(&redis, &args.channel, args.pipeline, args.payload_bytes).await?
+    };
     let mut warmup = Value::Null;
     if args.target == Target::Ws {
         // No ready frame: a broadcast every client must receive first.

@@ -60,6 +60,76 @@ pub fn write_payload(out: &mut Vec<u8>, dest: Dest, seq: u64, ts: u64, size: usi
     out.extend_from_slice(b"\"}");
 }
 
+/// Appends the `@socket.io/redis-adapter` message for `io.emit(event,
+/// payload)` with the same payload as [`write_payload`] (as MessagePack:
+/// the relay turns it back into that JSON, key order kept), so the
+/// receivers read adapter-sourced events unchanged.
+pub fn write_adapter_message(
+    out: &mut Vec<u8>,
+    event: &str,
+    dest: Dest,
+    seq: u64,
+    ts: u64,
+    size: usize,
+) {
+    let mut json = Vec::new();
+    write_payload(&mut json, dest, seq, ts, size);
+    // Everything after `"pad":"` up to the closing `"}`.
+    let pad_len = json.len() - find(&json, b"\"pad\":\"").map_or(json.len() - 2, |i| i + 7) - 2;
+    let str_head = |out: &mut Vec<u8>, len: usize| match len {
+        0..=31 => out.push(0xa0 | len as u8),
+        32..=255 => out.extend_from_slice(&[0xd9, len as u8]),
+        256..=65535 => {
+            out.push(0xda);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0xdb);
+            out.extend_from_slice(&(len as u32).to_be_bytes());
+        }
+    };
+    let key = |out: &mut Vec<u8>, k: &str| {
+        str_head(out, k.len());
+        out.extend_from_slice(k.as_bytes());
+    };
+    // [uid, {type: 2, data: [event, payload], nsp: "/"}, {rooms: [], except: []}]
+    out.push(0x93);
+    key(out, "bench");
+    out.push(0x83);
+    key(out, "type");
+    out.push(0x02);
+    key(out, "data");
+    out.push(0x92);
+    key(out, event);
+    out.push(0x84);
+    key(out, "seq");
+    out.push(0xcf);
+    out.extend_from_slice(&seq.to_be_bytes());
+    key(out, "ts");
+    out.push(0xcf);
+    out.extend_from_slice(&ts.to_be_bytes());
+    match dest {
+        Dest::Agent(a) => {
+            key(out, "agentId");
+            key(out, &format!("a{a}"));
+        }
+        Dest::Broadcast => {
+            key(out, "bcast");
+            out.push(0x01);
+        }
+    }
+    key(out, "pad");
+    str_head(out, pad_len);
+    out.resize(out.len() + pad_len, b'x');
+    key(out, "nsp");
+    key(out, "/");
+    out.push(0x82);
+    key(out, "rooms");
+    out.push(0x90);
+    key(out, "except");
+    out.push(0x90);
+}
+
 /// The payload length `write_payload` would produce (needed up front for the
 /// RESP bulk-string header).
 pub fn payload_len(dest: Dest, seq: u64, ts: u64, size: usize) -> usize {

@@ -13,7 +13,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use crate::payload::{now_ns, payload_len, write_payload, Dest};
+use crate::payload::{now_ns, payload_len, write_adapter_message, write_payload, Dest};
 
 /// Counters filled by the publisher's reply reader.
 #[derive(Default)]
@@ -33,6 +33,9 @@ pub struct Publisher {
     buf: Vec<u8>,
     channel: Vec<u8>,
     payload_bytes: usize,
+    /// `Some(event)`: publish Socket.IO adapter messages for `io.emit(event, …)`.
+    adapter_event: Option<String>,
+    scratch: Vec<u8>,
     pub stats: Arc<PubStats>,
     pub published: u64,
 }
@@ -100,9 +103,18 @@ impl Publisher {
             buf: Vec::with_capacity(256 * 1024),
             channel: channel.as_bytes().to_vec(),
             payload_bytes,
+            adapter_event: None,
+            scratch: Vec::new(),
             stats,
             published: 0,
         })
+    }
+
+    /// Publishes `@socket.io/redis-adapter` messages on `channel` instead
+    /// of JSON, as `io.emit(event, payload)` would.
+    pub fn adapter(mut self, event: &str) -> Self {
+        self.adapter_event = Some(event.to_owned());
+        self
     }
 
     /// Waits until at least one reply slot is free; returns how many commands
@@ -127,6 +139,20 @@ impl Publisher {
     /// Queues one PUBLISH (call `reserve` first); timestamped now.
     pub fn push(&mut self, dest: Dest, seq: u64) {
         let ts = now_ns();
+        if let Some(event) = &self.adapter_event {
+            self.scratch.clear();
+            write_adapter_message(&mut self.scratch, event, dest, seq, ts, self.payload_bytes);
+            self.buf.extend_from_slice(
+                format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n", self.channel.len()).as_bytes(),
+            );
+            self.buf.extend_from_slice(&self.channel);
+            self.buf
+                .extend_from_slice(format!("\r\n${}\r\n", self.scratch.len()).as_bytes());
+            self.buf.extend_from_slice(&self.scratch);
+            self.buf.extend_from_slice(b"\r\n");
+            self.published += 1;
+            return;
+        }
         let plen = payload_len(dest, seq, ts, self.payload_bytes);
         self.buf.extend_from_slice(
             format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n", self.channel.len()).as_bytes(),
