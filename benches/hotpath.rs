@@ -64,7 +64,8 @@ fn register(hub: &mut Hub, id: u64, keys: Vec<(String, String)>, all: bool) -> Q
         queue: tx,
         keys,
         all,
-        welcome: "w".into(),
+        welcome: studio_relay::hub::Welcome::fixed("w".into()),
+        resume: None,
     });
     rx
 }

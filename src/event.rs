@@ -112,6 +112,8 @@ pub enum GapReason {
     RelayLagged,
     /// The NATS connection was interrupted and is live again.
     NatsReconnected,
+    /// A resume asked for events the history no longer has (SPEC §12).
+    HistoryUnavailable,
 }
 
 impl GapReason {
@@ -121,6 +123,7 @@ impl GapReason {
             GapReason::RedisReconnected => "redis_reconnected",
             GapReason::RelayLagged => "relay_lagged",
             GapReason::NatsReconnected => "nats_reconnected",
+            GapReason::HistoryUnavailable => "history_unavailable",
         }
     }
 
@@ -129,6 +132,8 @@ impl GapReason {
         match self {
             GapReason::RedisReconnected | GapReason::RelayLagged => "redis",
             GapReason::NatsReconnected => "nats",
+            // The relay's own history, not a broker.
+            GapReason::HistoryUnavailable => "history",
         }
     }
 }

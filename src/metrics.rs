@@ -43,6 +43,13 @@ pub struct SourceLabel {
     pub source: &'static str,
 }
 
+/// `{result="recovered"|"unavailable"}`
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// How a resume went.
+    pub result: &'static str,
+}
+
 /// Handshake refusal reasons, in SPEC §9's refusal order.
 pub const REJECT_REASONS: [&str; 4] = ["bad_request", "origin", "unauthorized", "capacity"];
 /// Invalid payload kinds: dropped (not UTF-8), delivered as a string (not
@@ -90,6 +97,12 @@ pub struct Metrics {
     pub source_messages: Family<SourceLabel, Counter>,
     /// `relay_source_up{source}`: 1 while the source is live.
     pub source_up: Family<SourceLabel, Gauge>,
+    /// `relay_history_events`: events kept for resumes.
+    pub history_events: Gauge,
+    /// `relay_history_bytes`: what they count against `history.max_bytes`.
+    pub history_bytes: Gauge,
+    /// `relay_recoveries_total{result}`: resumes honoured or not.
+    pub recoveries: Family<ResultLabel, Counter>,
 }
 
 impl Metrics {
@@ -126,6 +139,9 @@ impl Metrics {
             socketio_sessions: Family::default(),
             source_messages: Family::default(),
             source_up: Family::default(),
+            history_events: Gauge::default(),
+            history_bytes: Gauge::default(),
+            recoveries: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -174,6 +190,21 @@ impl Metrics {
             m.source_up.clone(),
         );
         registry.register(
+            "relay_history_events",
+            "Events kept for resumes",
+            m.history_events.clone(),
+        );
+        registry.register(
+            "relay_history_bytes",
+            "Bytes of the events kept for resumes",
+            m.history_bytes.clone(),
+        );
+        registry.register(
+            "relay_recoveries",
+            "Resumes (since= / Socket.IO recovery) honoured or not",
+            m.recoveries.clone(),
+        );
+        registry.register(
             "relay_redis_up",
             "1 while the Redis subscription is live",
             m.redis_up.clone(),
@@ -212,6 +243,9 @@ impl Metrics {
             let _ = m
                 .handshake_rejections
                 .get_or_create(&ReasonLabel { reason });
+        }
+        for result in ["recovered", "unavailable"] {
+            let _ = m.recoveries.get_or_create(&ResultLabel { result });
         }
         for kind in PAYLOAD_KINDS {
             let _ = m.invalid_payloads.get_or_create(&KindLabel { kind });

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod auth;
+mod history;
 mod limits;
 mod listeners;
 mod locate;
@@ -20,6 +21,7 @@ mod security;
 mod socketio;
 
 pub use auth::AuthConfig;
+pub use history::HistoryConfig;
 pub use limits::LimitsConfig;
 pub use listeners::{ListenerConfig, DEFAULT_BIND};
 pub use log::{LogConfig, LogFormat};
@@ -57,6 +59,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[socketio]`
     pub socketio: SocketIoConfig,
+    /// `[history]`
+    pub history: HistoryConfig,
 }
 
 /// Why a section's values were refused: the dotted key at fault (which
@@ -259,6 +263,7 @@ impl Config {
             warnings.extend(self.limits.validate()?);
             warnings.extend(self.log.validate()?);
             warnings.extend(self.socketio.validate(self.routing.allow_firehose)?);
+            warnings.extend(self.history.validate()?);
             Ok(warnings)
         };
         all().map_err(|e| (e.key, e.message))

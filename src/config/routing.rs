@@ -5,7 +5,7 @@ use serde::Deserialize;
 use super::{Checked, Invalid};
 
 /// Keys of client frames and query parameters that a routing field may not shadow.
-const RESERVED_FIELDS: &[&str] = &["type", "all", "token", "event", "data"];
+const RESERVED_FIELDS: &[&str] = &["type", "all", "token", "event", "data", "since", "offset"];
 
 /// `[routing]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -9,6 +9,7 @@
 //! same queue as events, so "ack, then the events it enabled" holds by
 //! construction, as does per-connection source order.
 
+pub mod history;
 pub mod index;
 pub mod queue;
 
@@ -20,11 +21,14 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::config::HistoryConfig;
 use crate::ctx::ConnId;
-use crate::event::{Event, ROOM_FIELD};
+use crate::event::{Event, GapReason, ROOM_FIELD};
 use crate::metrics::Metrics;
+use crate::metrics::ResultLabel;
 use crate::source::Ingest;
-use crate::wire::{self, Wire};
+use crate::wire::{self, WelcomeInfo, Wire};
+use history::{History, Unavailable};
 use index::{Index, Slot};
 use queue::{Enqueue, Outbound, QueueTx, FLAG_RELOAD, FLAG_SHUTDOWN};
 
@@ -48,8 +52,11 @@ pub enum Command {
         keys: Vec<(String, String)>,
         /// Initial firehose flag.
         all: bool,
-        /// The welcome frame, queued once the subscriptions are live.
-        welcome: Utf8Bytes,
+        /// Builds the welcome frame, queued once the subscriptions are live
+        /// (and before any replayed event).
+        welcome: Welcome,
+        /// Replay what followed this position first (SPEC §12).
+        resume: Option<Resume>,
     },
     /// Add (`subscribe`) or remove subscriptions, then queue `ack` if any.
     Change {
@@ -70,6 +77,36 @@ pub enum Command {
         /// Connection id.
         id: ConnId,
     },
+}
+
+/// A position in some relay's history: `since=<epoch>:<offset>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// The epoch the client saw in its last welcome.
+    pub epoch: String,
+    /// The last offset it received.
+    pub offset: u64,
+}
+
+/// Builds a connection's welcome from what only the hub knows.
+pub struct Welcome(Box<dyn FnOnce(&WelcomeInfo<'_>) -> Utf8Bytes + Send>);
+
+impl Welcome {
+    /// A welcome from `build`.
+    pub fn new(build: impl FnOnce(&WelcomeInfo<'_>) -> Utf8Bytes + Send + 'static) -> Self {
+        Welcome(Box::new(build))
+    }
+
+    /// A welcome that needs nothing from the hub.
+    pub fn fixed(frame: Utf8Bytes) -> Self {
+        Welcome::new(move |_| frame)
+    }
+}
+
+impl std::fmt::Debug for Welcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Welcome(..)")
+    }
 }
 
 /// Cloneable handle connections use to reach the hub.
@@ -105,6 +142,7 @@ pub struct Hub {
     index: Index,
     seq: u64,
     marks: Marks,
+    history: History,
     metrics: Arc<Metrics>,
 }
 
@@ -146,8 +184,15 @@ impl Hub {
             index: Index::default(),
             seq: 0,
             marks: Marks::default(),
+            history: History::new(HistoryConfig::default()),
             metrics,
         }
+    }
+
+    /// Applies `[history]` bounds (at start and on every reload; the ring is kept).
+    pub fn set_history(&mut self, limits: HistoryConfig) {
+        self.history.set_limits(limits);
+        self.publish_history();
     }
 
     /// Creates the command channel: the handle for connections, the receiver for [`run`](Self::run).
@@ -169,12 +214,16 @@ impl Hub {
         let mut batch = Vec::with_capacity(INGEST_BATCH);
         let mut ingest_open = true;
         let mut live_open = true;
+        self.set_history(live.borrow_and_update().history.clone());
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 changed = live.changed(), if live_open => match changed {
-                    Ok(()) => self.broadcast_flag(FLAG_RELOAD),
+                    Ok(()) => {
+                        self.set_history(live.borrow_and_update().history.clone());
+                        self.broadcast_flag(FLAG_RELOAD);
+                    }
                     Err(_) => live_open = false,
                 },
                 cmd = commands.recv() => match cmd {
@@ -223,6 +272,7 @@ impl Hub {
                 keys,
                 all,
                 welcome,
+                resume,
             } => {
                 let slot = self.free.pop().unwrap_or_else(|| {
                     self.slots.push(None);
@@ -239,7 +289,7 @@ impl Hub {
                 });
                 self.ids.insert(id, slot);
                 self.change(slot, true, keys, all);
-                self.send_control(slot, welcome);
+                self.welcome(slot, welcome, resume);
             }
             Command::Change {
                 id,
@@ -271,8 +321,15 @@ impl Hub {
     /// Routes one item from a source.
     pub fn ingest(&mut self, item: Ingest) {
         match item {
-            Ingest::Event(event) => self.route(&Arc::new(event)),
+            Ingest::Event(mut event) => {
+                self.history.assign(&mut event);
+                let event = Arc::new(event);
+                self.route(&event);
+                self.history.push(event);
+                self.publish_history();
+            }
             Ingest::Gap(reason) => {
+                self.history.gap();
                 let make = |w: Wire| Outbound::text(w.gap_frame(reason), None);
                 let mut frames = Frames::new(&make);
                 self.seq += 1;
@@ -332,6 +389,79 @@ impl Hub {
         for slot in self.index.firehose() {
             deliver(&mut self.slots, slot, &mut frames, seq, &mut self.marks);
         }
+    }
+
+    /// Queues the welcome and, for a resume, the missed events or the gap
+    /// that says they are gone. One hub step, so nothing routed meanwhile
+    /// can fall between replay and live.
+    fn welcome(&mut self, slot: Slot, welcome: Welcome, resume: Option<Resume>) {
+        let epoch = self.history.enabled().then(|| self.history.epoch().clone());
+        let offset = self.history.last();
+        let Some(resume) = resume else {
+            let info = WelcomeInfo {
+                epoch: epoch.as_deref(),
+                offset,
+                recovered: None,
+            };
+            self.send_control(slot, (welcome.0)(&info));
+            return;
+        };
+        let Some(Some(entry)) = self.slots.get(slot) else {
+            return;
+        };
+        let (wire, firehose, id) = (entry.wire, entry.firehose, entry.id);
+        let subs: HashSet<(&str, &str)> = entry.subs.iter().map(|(f, v)| (&**f, &**v)).collect();
+        let replay: Result<Vec<Outbound>, Unavailable> = self
+            .history
+            .since(&resume.epoch, resume.offset)
+            .map(|events| {
+                events
+                    .filter(|e| history::matches(e, firehose, |f, v| subs.contains(&(f, v))))
+                    .map(|e| Outbound {
+                        frame: wire.event_frame(e),
+                        received: None,
+                        attachments: wire.attachments(e),
+                    })
+                    .collect()
+            });
+        drop(subs);
+        let info = WelcomeInfo {
+            epoch: epoch.as_deref(),
+            offset,
+            recovered: Some(replay.is_ok()),
+        };
+        self.send_control(slot, (welcome.0)(&info));
+        match replay {
+            Ok(frames) => {
+                self.metrics
+                    .recoveries
+                    .get_or_create(&ResultLabel {
+                        result: "recovered",
+                    })
+                    .inc();
+                if let Some(Some(entry)) = self.slots.get(slot) {
+                    if entry.queue.push_replay(frames) {
+                        self.marks.touched.push(slot);
+                    }
+                }
+            }
+            Err(why) => {
+                self.metrics
+                    .recoveries
+                    .get_or_create(&ResultLabel {
+                        result: "unavailable",
+                    })
+                    .inc();
+                tracing::debug!(conn = id, ?why, "resume not possible: gap");
+                self.send_control(slot, wire.gap_frame(GapReason::HistoryUnavailable));
+            }
+        }
+    }
+
+    fn publish_history(&self) {
+        let (events, bytes) = self.history.size();
+        self.metrics.history_events.set(events as i64);
+        self.metrics.history_bytes.set(bytes as i64);
     }
 
     fn send_control(&mut self, slot: Slot, frame: Utf8Bytes) {
@@ -468,7 +598,8 @@ mod tests {
                 .map(|(f, v)| (f.to_string(), v.to_string()))
                 .collect(),
             all,
-            welcome: "welcome".into(),
+            welcome: Welcome::fixed("welcome".into()),
+            resume: None,
         });
         rx
     }

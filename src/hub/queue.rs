@@ -64,6 +64,9 @@ pub struct ConnShared {
 struct Pending {
     items: VecDeque<Outbound>,
     bytes: usize,
+    /// What is left of a resume's replay, allowed on top of the bounds.
+    credit_events: usize,
+    credit_bytes: usize,
     hub_gone: bool,
     conn_gone: bool,
 }
@@ -156,13 +159,35 @@ impl QueueTx {
         if q.conn_gone {
             return Enqueue::Gone;
         }
-        if q.items.len() >= self.max_events || q.bytes >= self.max_bytes {
+        if q.items.len() >= self.max_events + q.credit_events
+            || q.bytes >= self.max_bytes + q.credit_bytes
+        {
             return Enqueue::Slow;
         }
         let first = q.items.is_empty();
         q.bytes += out.queued_bytes();
         q.items.push_back(out.clone());
         Enqueue::Queued { first }
+    }
+
+    /// Queues a resume's replay whatever its size: the frames are shared
+    /// with the history, and the queue's bounds then apply on top of what
+    /// is left of it, so live events after a long replay are not taken as
+    /// a slow client. True when the queue was empty (needs a wake).
+    pub(crate) fn push_replay(&self, frames: Vec<Outbound>) -> bool {
+        let mut q = self.shared.pending();
+        if q.conn_gone || frames.is_empty() {
+            return false;
+        }
+        let first = q.items.is_empty();
+        for out in frames {
+            let n = out.queued_bytes();
+            q.bytes += n;
+            q.credit_bytes += n;
+            q.credit_events += 1;
+            q.items.push_back(out);
+        }
+        first
     }
 
     /// Wakes the connection (once per batch that gave it frames).
@@ -209,9 +234,12 @@ impl QueueRx {
         let q = &mut *guard;
         let n = q.items.len().min(limit);
         for out in q.items.drain(..n) {
-            q.bytes -= out.queued_bytes();
+            let b = out.queued_bytes();
+            q.bytes -= b;
+            q.credit_bytes = q.credit_bytes.saturating_sub(b);
             buf.push(out);
         }
+        q.credit_events = q.credit_events.saturating_sub(n);
         // Give back a burst's buffer so idle connections stay small.
         if q.items.is_empty() && q.items.capacity() > 64 {
             q.items = VecDeque::new();

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::auth;
 use crate::ctx::{ConnName, Live, Permit};
 use crate::hub::queue::{self, ConnShared, QueueRx};
-use crate::hub::{Command, HubHandle};
+use crate::hub::{Command, HubHandle, Resume, Welcome};
 use crate::wire::Wire;
 pub use policy::Refusal;
 
@@ -30,6 +30,8 @@ pub struct Admitted {
     pub token: Option<String>,
     /// The connection's `max_connections` slot, held as long as the session.
     pub permit: Permit,
+    /// Where to resume from (`since=`), if asked.
+    pub resume: Option<Resume>,
 }
 
 /// One registered client.
@@ -51,7 +53,7 @@ impl Session {
     pub async fn open(
         admitted: Admitted,
         wire: Wire,
-        welcome: Utf8Bytes,
+        welcome: Welcome,
         hub: HubHandle,
         live: Live,
     ) -> Option<Session> {
@@ -65,6 +67,7 @@ impl Session {
                 keys: admitted.keys.clone(),
                 all: admitted.all,
                 welcome,
+                resume: admitted.resume,
             })
             .await;
         registered.then(|| Session {

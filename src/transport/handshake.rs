@@ -12,6 +12,7 @@ use hyper::{HeaderMap, StatusCode};
 use crate::auth;
 use crate::config::Config;
 use crate::ctx::{Admission, Permit};
+use crate::hub::Resume;
 use crate::session::policy;
 
 /// A refused handshake.
@@ -114,6 +115,25 @@ pub struct Query {
     pub all: bool,
     /// `token=` if given.
     pub token: Option<String>,
+    /// `since=<epoch>:<offset>` if given (SPEC §12). One that does not
+    /// parse is kept as a position no relay has, so the client is told
+    /// `recovered:false` and refetches rather than being refused.
+    pub since: Option<Resume>,
+}
+
+/// Reads `<epoch>:<offset>`.
+fn parse_since(v: &str) -> Resume {
+    v.rsplit_once(':')
+        .and_then(|(epoch, offset)| {
+            Some(Resume {
+                epoch: epoch.to_owned(),
+                offset: offset.parse().ok()?,
+            })
+        })
+        .unwrap_or(Resume {
+            epoch: String::new(),
+            offset: 0,
+        })
 }
 
 /// Parses a handshake query against the config (SPEC §4, §9). Parameters
@@ -130,7 +150,7 @@ pub fn parse_query(query: &str, config: &Config) -> Result<Query, String> {
         let k = decode_component(k).map_err(|()| {
             "a query parameter name is not valid UTF-8 after percent-decoding".to_owned()
         })?;
-        let known = k == "all" || k == "token" || fields.contains(&k);
+        let known = k == "all" || k == "token" || k == "since" || fields.contains(&k);
         if !known {
             continue;
         }
@@ -145,6 +165,10 @@ pub fn parse_query(query: &str, config: &Config) -> Result<Query, String> {
         } else if k == "token" {
             if q.token.is_none() {
                 q.token = Some(v);
+            }
+        } else if k == "since" {
+            if q.since.is_none() {
+                q.since = Some(parse_since(&v));
             }
         } else {
             if v.is_empty() {

@@ -24,6 +24,7 @@ use super::handshake::{self, Refused};
 use super::http::{Body, Origin};
 use super::Server;
 use crate::hub::queue::{Outbound, Signal};
+use crate::hub::Welcome;
 use crate::metrics::{ListenerLabel, Metrics};
 use crate::session::{Admitted, Session};
 use crate::util::id::random_u64;
@@ -74,6 +75,7 @@ pub fn handshake(
         all: checked.query.all,
         token: checked.token,
         permit: checked.permit,
+        resume: checked.query.since,
     };
     let span =
         tracing::info_span!("conn", id = %admitted.name, peer = %at.peer, listener = %at.listener);
@@ -155,12 +157,11 @@ async fn run(on_upgrade: OnUpgrade, admitted: Admitted, listener: Arc<str>, serv
         "connected"
     );
 
-    let welcome = studio::welcome(
-        &admitted.name.text,
-        &config.routable_fields(),
-        &admitted.keys,
-        admitted.all,
-    );
+    let welcome = {
+        let (id, fields) = (admitted.name.text.clone(), config.routable_fields());
+        let (keys, all) = (admitted.keys.clone(), admitted.all);
+        Welcome::new(move |info| studio::welcome(&id, &fields, &keys, all, info))
+    };
     let session = Session::open(
         admitted,
         Wire::Studio,

@@ -15,6 +15,17 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::event::{Event, GapReason, WIRE_SLOTS};
 
+/// What the hub knows when it queues a welcome.
+#[derive(Debug, Clone, Copy)]
+pub struct WelcomeInfo<'a> {
+    /// This run's epoch, with history on.
+    pub epoch: Option<&'a str>,
+    /// The last offset routed before the welcome (0 with history off).
+    pub offset: u64,
+    /// With a resume asked for: whether every missed event follows.
+    pub recovered: Option<bool>,
+}
+
 /// The protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {
@@ -43,11 +54,10 @@ impl Wire {
         event
             .frame(self.slot(), |e| match self {
                 Wire::Studio => studio::event_frame(e),
-                // With history on, every event carries its offset (SPEC §12).
-                Wire::SocketIo => match e.offset {
-                    Some(offset) => socketio::event_frame_with_offset(e, offset),
-                    None => socketio::event_frame(e),
-                },
+                // The offset argument of SPEC §12 waits for Socket.IO
+                // recovery (a `pid` in CONNECT): without it a client could
+                // not use it, and would see an extra argument.
+                Wire::SocketIo => socketio::event_frame(e),
             })
             .clone()
     }

@@ -4,6 +4,7 @@
 use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::WelcomeInfo;
 use crate::event::{Data, Event, GapReason};
 
 /// Why a frame from a client was rejected; the `code` of an error frame.
@@ -182,6 +183,7 @@ pub fn welcome(
     fields: &[String],
     subscriptions: &[(String, String)],
     all: bool,
+    history: &WelcomeInfo<'_>,
 ) -> Utf8Bytes {
     let mut subs = Map::new();
     for field in fields {
@@ -198,6 +200,13 @@ pub fn welcome(
     frame.insert("version".into(), crate::VERSION.into());
     frame.insert("subscriptions".into(), Value::Object(subs));
     frame.insert("all".into(), all.into());
+    if let Some(epoch) = history.epoch {
+        frame.insert("epoch".into(), epoch.into());
+        frame.insert("offset".into(), history.offset.into());
+    }
+    if let Some(recovered) = history.recovered {
+        frame.insert("recovered".into(), recovered.into());
+    }
     Value::Object(frame).to_string().into()
 }
 
@@ -244,18 +253,20 @@ pub fn gap(reason: GapReason) -> Utf8Bytes {
 /// for every native connection.
 pub fn event_frame(event: &Event) -> Utf8Bytes {
     match &event.data {
-        Data::Json(json) => event_frame_json(&event.name, json),
-        Data::Text(text) => event_frame_with(&event.name, |out| push_json_string(out, text)),
-        Data::Args(args) => event_frame_json(&event.name, &args.native),
+        Data::Json(json) => event_frame_json(&event.name, event.offset, json),
+        Data::Text(text) => {
+            event_frame_with(&event.name, event.offset, |out| push_json_string(out, text))
+        }
+        Data::Args(args) => event_frame_json(&event.name, event.offset, &args.native),
     }
 }
 
 /// `data_json` must already be a JSON value's text.
-fn event_frame_json(event: &str, data_json: &str) -> Utf8Bytes {
-    event_frame_with(event, |out| out.push_str(data_json))
+fn event_frame_json(event: &str, offset: Option<u64>, data_json: &str) -> Utf8Bytes {
+    event_frame_with(event, offset, |out| out.push_str(data_json))
 }
 
-fn event_frame_with(event: &str, data: impl FnOnce(&mut String)) -> Utf8Bytes {
+fn event_frame_with(event: &str, offset: Option<u64>, data: impl FnOnce(&mut String)) -> Utf8Bytes {
     const HEAD: &str = r#"{"type":"event","event":"#;
     const MID: &str = r#","data":"#;
     let mut out = String::with_capacity(HEAD.len() + MID.len() + event.len() + 3);
@@ -263,6 +274,11 @@ fn event_frame_with(event: &str, data: impl FnOnce(&mut String)) -> Utf8Bytes {
     push_json_string(&mut out, event);
     out.push_str(MID);
     data(&mut out);
+    if let Some(n) = offset {
+        use std::fmt::Write;
+        // Writing to a String cannot fail.
+        let _ = write!(out, r#","offset":{n}"#);
+    }
     out.push('}');
     out.into()
 }
@@ -412,10 +428,53 @@ mod tests {
         );
     }
 
+    const NO_HISTORY: WelcomeInfo<'static> = WelcomeInfo {
+        epoch: None,
+        offset: 0,
+        recovered: None,
+    };
+
+    #[test]
+    fn welcome_and_events_carry_history_positions() {
+        let info = WelcomeInfo {
+            epoch: Some("ep"),
+            offset: 7,
+            recovered: Some(false),
+        };
+        let w: Value =
+            serde_json::from_str(welcome("c", &fields(), &[], true, &info).as_str()).unwrap();
+        assert_eq!(
+            (&w["epoch"], &w["offset"], &w["recovered"]),
+            (
+                &serde_json::json!("ep"),
+                &serde_json::json!(7),
+                &serde_json::json!(false)
+            )
+        );
+        let mut e = Event::new(
+            "n",
+            Data::Json("1".into()),
+            Vec::new(),
+            std::time::Instant::now(),
+        );
+        e.offset = Some(8);
+        assert_eq!(
+            event_frame(&e).as_str(),
+            r#"{"type":"event","event":"n","data":1,"offset":8}"#
+        );
+    }
+
     #[test]
     fn frames_out() {
         assert_eq!(
-            welcome("c1", &fields(), &[("agentId".into(), "a1".into())], false).as_str(),
+            welcome(
+                "c1",
+                &fields(),
+                &[("agentId".into(), "a1".into())],
+                false,
+                &NO_HISTORY
+            )
+            .as_str(),
             r#"{"type":"welcome","connectionId":"c1","version":""#.to_owned()
                 + crate::VERSION
                 + r#"","subscriptions":{"agentId":["a1"],"sessionId":[]},"all":false}"#

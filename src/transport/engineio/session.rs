@@ -24,6 +24,7 @@ use super::{Sids, Ws};
 use crate::config::Unsubscribed;
 use crate::ctx::{ConnName, Permit};
 use crate::hub::queue::{ConnShared, Outbound, Signal};
+use crate::hub::Welcome;
 use crate::metrics::{ListenerLabel, TransportLabel};
 use crate::session::{policy, Admitted, Session};
 use crate::transport::Server;
@@ -501,13 +502,15 @@ impl Driver {
             self.pending = Some(opening);
             return;
         }
-        let welcome = socketio::connect_ok(&opening.name.text);
+        let welcome = Welcome::fixed(socketio::connect_ok(&opening.name.text));
         let admitted = Admitted {
             name: opening.name.clone(),
             keys,
             all,
             token,
             permit: opening.permit,
+            // Socket.IO connection state recovery is not built yet.
+            resume: None,
         };
         self.session = Session::open(
             admitted,
