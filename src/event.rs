@@ -78,6 +78,9 @@ pub enum GapReason {
     RelayLagged,
     /// The NATS connection was interrupted and is live again.
     NatsReconnected,
+    /// The NATS client dropped messages because the relay read them too
+    /// slowly (a slow-consumer event; sent as `relay_lagged`).
+    NatsLagged,
 }
 
 impl GapReason {
@@ -87,6 +90,7 @@ impl GapReason {
             GapReason::RedisReconnected => "redis_reconnected",
             GapReason::RelayLagged => "relay_lagged",
             GapReason::NatsReconnected => "nats_reconnected",
+            GapReason::NatsLagged => "relay_lagged",
         }
     }
 
@@ -94,7 +98,7 @@ impl GapReason {
     pub fn source(self) -> &'static str {
         match self {
             GapReason::RedisReconnected | GapReason::RelayLagged => "redis",
-            GapReason::NatsReconnected => "nats",
+            GapReason::NatsReconnected | GapReason::NatsLagged => "nats",
         }
     }
 }
