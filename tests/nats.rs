@@ -6,8 +6,46 @@
 mod common;
 
 use common::nats::{publish, NatsServer};
-use common::{Client, Redis, Relay, RelayOpts};
+use common::{Client, Redis, Relay, RelayOpts, WAIT};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A websocket-only Socket.IO session on `/` (as in tests/socketio.rs),
+/// past its CONNECT reply.
+async fn socketio_session(relay: &Relay, query: &str) -> RawWs {
+    let url = format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket{query}",
+        relay.addr()
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert!(sio_next(&mut ws).await.starts_with('0'), "Engine.IO open");
+    ws.send(Message::Text("40".into())).await.unwrap();
+    assert!(sio_next(&mut ws).await.starts_with("40"), "CONNECT reply");
+    ws
+}
+
+/// The next Socket.IO packet, answering Engine.IO pings.
+async fn sio_next(ws: &mut RawWs) -> String {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no packet within the wait")
+            .unwrap()
+            .unwrap();
+        match msg {
+            Message::Text(t) if t.as_str() == "2" => {
+                ws.send(Message::Text("3".into())).await.unwrap()
+            }
+            Message::Text(t) => return t.as_str().to_owned(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
 
 /// A relay reading `nats` (and Redis at `redis_url`, "" = none), with more
 /// TOML sections in `extra`; waits for /healthz 200 when `wait`.
@@ -133,6 +171,32 @@ async fn nats_killed_then_restarted_sends_one_gap_and_events_flow_again() {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0]["data"]["n"], 1);
     }
+}
+
+#[tokio::test]
+async fn a_socketio_client_gets_routed_nats_events_and_the_nats_gap() {
+    let mut nats = NatsServer::start().await;
+    let relay = relay("", &nats, "", true).await;
+    let mut ws = socketio_session(&relay, "&agentId=a1").await;
+    let nc = nats.client().await;
+    publish(
+        &nc,
+        &[
+            ("claude-studio.agent:status", br#"{"agentId":"b1","n":0}"#),
+            ("claude-studio.agent:status", br#"{"agentId":"a1","n":1}"#),
+        ],
+    )
+    .await;
+    assert_eq!(
+        sio_next(&mut ws).await,
+        r#"42["agent:status",{"agentId":"a1","n":1}]"#
+    );
+
+    nats.restart().await;
+    assert_eq!(
+        sio_next(&mut ws).await,
+        r#"42["relay:gap",{"reason":"nats_reconnected","source":"nats"}]"#
+    );
 }
 
 #[tokio::test]
@@ -294,4 +358,31 @@ async fn the_corpus_is_delivered_the_same_through_nats_and_redis() {
         sizes[0] > sizes[5],
         "dev_01 gets more than globals: {sizes:?}"
     );
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_nats_waits_for_a_restart_and_keeps_it_running() {
+    let nats = NatsServer::start().await;
+    let relay = relay("", &nats, "", true).await;
+    let mut c = relay.client("agentId=a1").await;
+    let from = relay.log_len();
+    let elsewhere = format!(
+        "[nats]\nurl = \"nats://u:hunter2@127.0.0.1:{}\"\nsubjects = [\"other.>\"]\n",
+        common::free_port()
+    );
+    let line = relay.reload("studio_relay=debug,info", &elsewhere).await;
+    assert_eq!(line["message"], "config reloaded", "{line}");
+    let deferred = relay
+        .wait_log(from, "changed in the file; needs a restart")
+        .await;
+    assert_eq!(deferred["key"], "nats", "{deferred}");
+    assert!(
+        !relay.log_text().contains("hunter2"),
+        "a password was logged"
+    );
+    // The running subscription is untouched: same server, same subjects.
+    assert_eq!(relay.health().await.0, 200);
+    let nc = nats.client().await;
+    publish(&nc, &[("claude-studio.still", br#"{"agentId":"a1"}"#)]).await;
+    assert_eq!(c.next_json().await["event"], "still");
 }
