@@ -181,7 +181,7 @@ pub enum ReloadOutcome {
 
 /// Re-reads the config file on SIGHUP: validate, then swap. Tokens, origins,
 /// limits, routing and the log level apply at once (open connections whose
-/// token is no longer valid are closed with 1008); listeners, `[redis]`
+/// token is no longer valid are closed with 1008); listeners, `[redis]`, `[nats]`
 /// and `log.format` keep their running values until a restart, and saying so
 /// is logged. An invalid file is logged and changes nothing.
 pub struct Reloader {
@@ -241,6 +241,7 @@ impl Reloader {
         }
         next.listeners = current.listeners.clone();
         next.redis = current.redis.clone();
+        next.nats = current.nats.clone();
         next.log.format = current.log.format;
 
         if next.log.level != current.log.level {

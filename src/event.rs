@@ -114,6 +114,9 @@ pub enum GapReason {
     NatsReconnected,
     /// A resume asked for events the history no longer has (SPEC §12).
     HistoryUnavailable,
+    /// The NATS client dropped messages because the relay read them too
+    /// slowly (a slow-consumer event; sent as `relay_lagged`).
+    NatsLagged,
 }
 
 impl GapReason {
@@ -124,6 +127,7 @@ impl GapReason {
             GapReason::RelayLagged => "relay_lagged",
             GapReason::NatsReconnected => "nats_reconnected",
             GapReason::HistoryUnavailable => "history_unavailable",
+            GapReason::NatsLagged => "relay_lagged",
         }
     }
 
@@ -131,7 +135,7 @@ impl GapReason {
     pub fn source(self) -> &'static str {
         match self {
             GapReason::RedisReconnected | GapReason::RelayLagged => "redis",
-            GapReason::NatsReconnected => "nats",
+            GapReason::NatsReconnected | GapReason::NatsLagged => "nats",
             // The relay's own history, not a broker.
             GapReason::HistoryUnavailable => "history",
         }

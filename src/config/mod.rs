@@ -15,6 +15,7 @@ mod limits;
 mod listeners;
 mod locate;
 mod log;
+mod nats;
 mod redis;
 mod routing;
 mod security;
@@ -25,6 +26,7 @@ pub use history::HistoryConfig;
 pub use limits::LimitsConfig;
 pub use listeners::{ListenerConfig, DEFAULT_BIND};
 pub use log::{LogConfig, LogFormat};
+pub use nats::NatsConfig;
 pub use redis::{redact_url, RedisConfig, CANARY_SUFFIX};
 pub use routing::RoutingConfig;
 pub use security::SecurityConfig;
@@ -61,6 +63,8 @@ pub struct Config {
     pub socketio: SocketIoConfig,
     /// `[history]`
     pub history: HistoryConfig,
+    /// `[nats]`
+    pub nats: NatsConfig,
 }
 
 /// Why a section's values were refused: the dotted key at fault (which
@@ -256,6 +260,7 @@ impl Config {
         let all = || -> Checked {
             // File order, so the first error reported is the first one met.
             let mut warnings = self.redis.validate()?;
+            warnings.extend(self.nats.validate()?);
             warnings.extend(listeners::validate(&self.listeners)?);
             warnings.extend(self.routing.validate()?);
             warnings.extend(self.auth.validate()?);
@@ -297,6 +302,9 @@ impl Config {
         }
         if self.redis != new.redis {
             changed.push("redis");
+        }
+        if self.nats != new.nats {
+            changed.push("nats");
         }
         changed
     }
@@ -453,5 +461,7 @@ mod tests {
         assert!(a.restart_only_changes(&b).is_empty());
         b.redis.patterns = vec!["x:*".into()];
         assert_eq!(a.restart_only_changes(&b), vec!["redis"]);
+        b.nats.url = "nats://127.0.0.1:4222".into();
+        assert_eq!(a.restart_only_changes(&b), vec!["redis", "nats"]);
     }
 }

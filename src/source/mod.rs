@@ -6,6 +6,7 @@
 
 pub mod decode;
 pub mod memory;
+pub mod nats;
 pub mod redis;
 
 use std::future::Future;
@@ -54,6 +55,9 @@ pub fn configured(config: &Config) -> Vec<Box<dyn Source>> {
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
     if config.redis.enabled() {
         sources.push(Box::new(redis::RedisSource::new(config.redis.clone())));
+    }
+    if config.nats.enabled() {
+        sources.push(Box::new(nats::NatsSource::new(config.nats.clone())));
     }
     sources
 }

@@ -10,6 +10,7 @@
 //!   reload, exit
 //! - `client.rs` the WebSocket client
 //! - `http.rs`   one raw HTTP/1.1 request
+//! - `nats.rs`   a private nats-server process and a publishing client
 //!
 //! Every `tests/*.rs` compiles this module into its own binary and uses only
 //! part of it, so what one binary leaves unused is not dead code.
@@ -17,6 +18,7 @@
 
 mod client;
 mod http;
+pub mod nats;
 pub mod node;
 mod redis;
 mod relay;
