@@ -128,6 +128,9 @@ impl Relay {
             core.spawn(source.run(ctx, shutdown.clone()));
         }
         drop(ingest_tx);
+        let publisher = server.clone();
+        let stop = shutdown.clone();
+        core.spawn(async move { publisher.publish.run(stop).await });
         for (listener, addr) in self.listeners {
             let name: Arc<str> = Arc::from(addr.to_string());
             self.metrics.add_listener(&name);
@@ -242,6 +245,14 @@ impl Reloader {
         next.listeners = current.listeners.clone();
         next.redis = current.redis.clone();
         next.log.format = current.log.format;
+        next.publish.enabled = current.publish.enabled;
+        next.publish.to = current.publish.to;
+        // What is kept must still fit what changed (publishing kept on
+        // while the new file drops its tokens, say).
+        if let Err((key, message)) = next.validate() {
+            tracing::error!(key, message, config = %self.source, "reload failed; keeping the running config");
+            return ReloadOutcome::Rejected(format!("{key}: {message}"));
+        }
 
         if next.log.level != current.log.level {
             if self.log.pinned_by_env() {

@@ -45,6 +45,17 @@ pub struct SourceLabel {
 
 /// Handshake refusal reasons, in SPEC §9's refusal order.
 pub const REJECT_REASONS: [&str; 4] = ["bad_request", "origin", "unauthorized", "capacity"];
+/// Why a `POST /publish` was refused (its error codes).
+pub const PUBLISH_REJECT_REASONS: [&str; 8] = [
+    "unauthorized",
+    "forbidden_origin",
+    "too_large",
+    "timeout",
+    "not_utf8",
+    "bad_json",
+    "bad_body",
+    "bad_event",
+];
 /// Invalid payload kinds: dropped (not UTF-8) or delivered as a string (not JSON).
 pub const PAYLOAD_KINDS: [&str; 2] = ["not_utf8", "not_json"];
 
@@ -82,6 +93,8 @@ pub struct Metrics {
     pub source_messages: Family<SourceLabel, Counter>,
     /// `relay_source_up{source}`: 1 while the source is live.
     pub source_up: Family<SourceLabel, Gauge>,
+    /// `relay_publish_rejections_total{reason}`: refused `POST /publish` requests.
+    pub publish_rejections: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -118,6 +131,7 @@ impl Metrics {
             socketio_sessions: Family::default(),
             source_messages: Family::default(),
             source_up: Family::default(),
+            publish_rejections: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -199,6 +213,14 @@ impl Metrics {
             let _ = m
                 .socketio_sessions
                 .get_or_create(&TransportLabel { transport });
+        }
+        registry.register(
+            "relay_publish_rejections",
+            "POST /publish requests refused, by reason (503s are counted as unavailable)",
+            m.publish_rejections.clone(),
+        );
+        for reason in PUBLISH_REJECT_REASONS.into_iter().chain(["unavailable"]) {
+            let _ = m.publish_rejections.get_or_create(&ReasonLabel { reason });
         }
         for reason in REJECT_REASONS {
             let _ = m

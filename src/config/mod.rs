@@ -14,6 +14,7 @@ mod limits;
 mod listeners;
 mod locate;
 mod log;
+mod publish;
 mod redis;
 mod routing;
 mod security;
@@ -23,6 +24,7 @@ pub use auth::AuthConfig;
 pub use limits::LimitsConfig;
 pub use listeners::{ListenerConfig, DEFAULT_BIND};
 pub use log::{LogConfig, LogFormat};
+pub use publish::{PublishConfig, PublishTo, PUBLISH_PATH};
 pub use redis::{redact_url, RedisConfig, CANARY_SUFFIX};
 pub use routing::RoutingConfig;
 pub use security::SecurityConfig;
@@ -57,6 +59,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[socketio]`
     pub socketio: SocketIoConfig,
+    /// `[publish]`
+    pub publish: PublishConfig,
 }
 
 /// Why a section's values were refused: the dotted key at fault (which
@@ -247,6 +251,11 @@ impl Config {
             warnings.extend(self.limits.validate()?);
             warnings.extend(self.log.validate()?);
             warnings.extend(self.socketio.validate(self.routing.allow_firehose)?);
+            let listeners = self.effective_listeners();
+            warnings.extend(
+                self.publish
+                    .validate(&self.redis, &self.socketio, &listeners)?,
+            );
             Ok(warnings)
         };
         all().map_err(|e| (e.key, e.message))
@@ -260,7 +269,7 @@ impl Config {
             .map(ToString::to_string)
             .collect();
         format!(
-            "listeners [{}], redis {}, patterns {:?}, routing {:?}, firehose {}, {} token(s), {} origin(s), max_connections {}",
+            "listeners [{}], redis {}, patterns {:?}, routing {:?}, firehose {}, {} token(s), {} origin(s), max_connections {}{}",
             listeners.join(", "),
             if self.redis.enabled() { self.redis.redacted_url() } else { "off".to_owned() },
             self.redis.patterns,
@@ -269,6 +278,7 @@ impl Config {
             self.auth.tokens.len(),
             self.security.allowed_origins.len(),
             self.limits.max_connections,
+            self.publish.summary(),
         )
     }
 
@@ -280,6 +290,13 @@ impl Config {
         }
         if self.redis != new.redis {
             changed.push("redis");
+        }
+        // The publisher's Redis client is made at start, and the route with it.
+        if self.publish.enabled != new.publish.enabled {
+            changed.push("publish.enabled");
+        }
+        if self.publish.to != new.publish.to {
+            changed.push("publish.to");
         }
         changed
     }
