@@ -12,6 +12,7 @@
 
 pub mod body;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,10 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 /// the accepted-events counter, the refusal log limiter.
 pub struct Publish {
     redis: Option<Client>,
+    /// Set once the publisher has connected: from then on a lost
+    /// connection is a prompt 503, while before it (just started) a
+    /// request waits up to `redis_timeout` for the first connect.
+    connected_once: AtomicBool,
     redis_timeout: Duration,
     accepted: Counter,
     rejections: Family<ReasonLabel, Counter>,
@@ -77,6 +82,7 @@ impl Publish {
             });
         Publish {
             redis,
+            connected_once: AtomicBool::new(false),
             redis_timeout,
             accepted: metrics.source_counter("publish"),
             rejections: metrics.publish_rejections.clone(),
@@ -89,7 +95,17 @@ impl Publish {
     pub async fn run(&self, shutdown: CancellationToken) {
         let Some(client) = &self.redis else { return };
         let task = client.connect();
-        shutdown.cancelled().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = client.wait_for_connect() => if r.is_ok() && client.is_connected() {
+                    self.connected_once.store(true, Ordering::Release);
+                    tracing::debug!("publish client connected");
+                    shutdown.cancelled().await;
+                    break;
+                },
+            }
+        }
         let _ = tokio::time::timeout(Duration::from_millis(200), client.quit()).await;
         task.abort();
     }
@@ -269,12 +285,15 @@ async fn to_redis(publish: &Publish, items: &[Item<'_>]) -> Result<(), Refusal> 
     if items.is_empty() {
         return Ok(());
     }
-    if !client.is_connected() {
-        return Err(unavailable(
-            "redis is not connected; nothing was published".into(),
-        ));
+    let down = || unavailable("redis is not connected; nothing was published".into());
+    if !client.is_connected() && publish.connected_once.load(Ordering::Acquire) {
+        return Err(down());
     }
     let send = async {
+        // Only right after start: the first connect may still be under way.
+        while !client.is_connected() {
+            let _ = client.wait_for_connect().await;
+        }
         let pipeline = client.pipeline();
         for item in items {
             let () = pipeline.publish(item.channel.as_str(), item.data).await?;
@@ -285,6 +304,7 @@ async fn to_redis(publish: &Publish, items: &[Item<'_>]) -> Result<(), Refusal> 
         Ok(Ok(_)) => Ok(()),
         // Pub/sub is at most once: some of a batch may have gone out.
         Ok(Err(e)) => Err(unavailable(format!("redis: {}", e.details()))),
+        Err(_) if !client.is_connected() => Err(down()),
         Err(_) => Err(unavailable(format!(
             "redis did not answer within {} ms",
             publish.redis_timeout.as_millis()
