@@ -334,6 +334,38 @@ mod tests {
     }
 
     #[test]
+    fn kept_publish_settings_must_still_fit_the_new_file() {
+        let open = "[redis]\nurl = \"redis://127.0.0.1:1\"\n[[listeners]]\nbind = \"0.0.0.0:1\"\n";
+        let (file, reloader, rx) = setup(&format!(
+            "{open}[publish]\nenabled = true\ntokens = [\"a\"]\n"
+        ));
+        // Valid alone (publishing off), but publishing stays on until a
+        // restart, and tokenless on 0.0.0.0 it must not be.
+        std::fs::write(&file.0, format!("{open}[publish]\nenabled = false\n")).unwrap();
+        match reloader.reload() {
+            ReloadOutcome::Rejected(e) => assert!(e.starts_with("publish.enabled: "), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(rx.borrow().publish.tokens, vec!["a".to_owned()]);
+        // New tokens apply; `enabled` keeps its running value.
+        std::fs::write(
+            &file.0,
+            format!("{open}[publish]\nenabled = false\ntokens = [\"b\"]\nmax_body_bytes = 10\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            reloader.reload(),
+            ReloadOutcome::Applied {
+                restart_needed: vec!["publish.enabled"]
+            }
+        );
+        let c = rx.borrow().clone();
+        assert!(c.publish.enabled);
+        assert_eq!(c.publish.tokens, vec!["b".to_owned()]);
+        assert_eq!(c.publish.max_body_bytes, 10);
+    }
+
+    #[test]
     fn an_invalid_file_changes_nothing() {
         let (file, reloader, mut rx) = setup(BASE);
         let before = rx.borrow_and_update().clone();
