@@ -277,6 +277,7 @@ async fn disabled_is_404_like_any_unknown_path() {
         .await
         .unwrap();
     assert_eq!(r.status, 404);
+    assert!(!relay.metrics().await.contains("source=\"publish\""));
 }
 
 #[tokio::test]

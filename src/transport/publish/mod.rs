@@ -84,7 +84,11 @@ impl Publish {
             redis,
             connected_once: AtomicBool::new(false),
             redis_timeout,
-            accepted: metrics.source_counter("publish"),
+            // The series exists only where publishing does.
+            accepted: match config.publish.enabled {
+                true => metrics.source_counter("publish"),
+                false => Counter::default(),
+            },
             rejections: metrics.publish_rejections.clone(),
             refusal_log: RateLimit::new(REFUSAL_LOG_EVERY),
         }
