@@ -45,17 +45,6 @@ pub struct SourceLabel {
 
 /// Handshake refusal reasons, in SPEC §9's refusal order.
 pub const REJECT_REASONS: [&str; 4] = ["bad_request", "origin", "unauthorized", "capacity"];
-/// Why a `POST /publish` was refused (its error codes).
-pub const PUBLISH_REJECT_REASONS: [&str; 8] = [
-    "unauthorized",
-    "forbidden_origin",
-    "too_large",
-    "timeout",
-    "not_utf8",
-    "bad_json",
-    "bad_body",
-    "bad_event",
-];
 /// Invalid payload kinds: dropped (not UTF-8) or delivered as a string (not JSON).
 pub const PAYLOAD_KINDS: [&str; 2] = ["not_utf8", "not_json"];
 
@@ -219,9 +208,6 @@ impl Metrics {
             "POST /publish requests refused, by reason (503s are counted as unavailable)",
             m.publish_rejections.clone(),
         );
-        for reason in PUBLISH_REJECT_REASONS.into_iter().chain(["unavailable"]) {
-            let _ = m.publish_rejections.get_or_create(&ReasonLabel { reason });
-        }
         for reason in REJECT_REASONS {
             let _ = m
                 .handshake_rejections

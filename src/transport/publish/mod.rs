@@ -48,6 +48,18 @@ const RECONNECT_MAX_MS: u32 = 10_000;
 const PUBLISHER_CAPACITY: usize = 16;
 /// At most one info line per this interval about refused publishes.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+/// `relay_publish_rejections_total{reason}`: every error code, shown at 0.
+pub const REJECT_REASONS: [&str; 9] = [
+    "unauthorized",
+    "forbidden_origin",
+    "too_large",
+    "timeout",
+    "not_utf8",
+    "bad_json",
+    "bad_body",
+    "bad_event",
+    "unavailable",
+];
 
 /// The publish route's state: the Redis publisher (for `to = "redis"`),
 /// the accepted-events counter, the refusal log limiter.
@@ -80,6 +92,15 @@ impl Publish {
                 )
                 .ok()
             });
+        if config.publish.enabled {
+            for reason in REJECT_REASONS {
+                drop(
+                    metrics
+                        .publish_rejections
+                        .get_or_create(&ReasonLabel { reason }),
+                );
+            }
+        }
         Publish {
             redis,
             connected_once: AtomicBool::new(false),
