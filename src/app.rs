@@ -128,6 +128,9 @@ impl Relay {
             core.spawn(source.run(ctx, shutdown.clone()));
         }
         drop(ingest_tx);
+        let publisher = server.clone();
+        let stop = shutdown.clone();
+        core.spawn(async move { publisher.publish.run(stop).await });
         for (listener, addr) in self.listeners {
             let name: Arc<str> = Arc::from(addr.to_string());
             self.metrics.add_listener(&name);
@@ -243,6 +246,14 @@ impl Reloader {
         next.redis = current.redis.clone();
         next.nats = current.nats.clone();
         next.log.format = current.log.format;
+        next.publish.enabled = current.publish.enabled;
+        next.publish.to = current.publish.to;
+        // What is kept must still fit what changed (publishing kept on
+        // while the new file drops its tokens, say).
+        if let Err((key, message)) = next.validate() {
+            tracing::error!(key, message, config = %self.source, "reload failed; keeping the running config");
+            return ReloadOutcome::Rejected(format!("{key}: {message}"));
+        }
 
         if next.log.level != current.log.level {
             if self.log.pinned_by_env() {
@@ -321,6 +332,38 @@ mod tests {
             c.effective_listeners(),
             vec!["127.0.0.1:1".parse().unwrap()]
         );
+    }
+
+    #[test]
+    fn kept_publish_settings_must_still_fit_the_new_file() {
+        let open = "[redis]\nurl = \"redis://127.0.0.1:1\"\n[[listeners]]\nbind = \"0.0.0.0:1\"\n";
+        let (file, reloader, rx) = setup(&format!(
+            "{open}[publish]\nenabled = true\ntokens = [\"a\"]\n"
+        ));
+        // Valid alone (publishing off), but publishing stays on until a
+        // restart, and tokenless on 0.0.0.0 it must not be.
+        std::fs::write(&file.0, format!("{open}[publish]\nenabled = false\n")).unwrap();
+        match reloader.reload() {
+            ReloadOutcome::Rejected(e) => assert!(e.starts_with("publish.enabled: "), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(rx.borrow().publish.tokens, vec!["a".to_owned()]);
+        // New tokens apply; `enabled` keeps its running value.
+        std::fs::write(
+            &file.0,
+            format!("{open}[publish]\nenabled = false\ntokens = [\"b\"]\nmax_body_bytes = 10\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            reloader.reload(),
+            ReloadOutcome::Applied {
+                restart_needed: vec!["publish.enabled"]
+            }
+        );
+        let c = rx.borrow().clone();
+        assert!(c.publish.enabled);
+        assert_eq!(c.publish.tokens, vec!["b".to_owned()]);
+        assert_eq!(c.publish.max_body_bytes, 10);
     }
 
     #[test]

@@ -103,6 +103,8 @@ pub struct Metrics {
     pub history_bytes: Gauge,
     /// `relay_recoveries_total{result}`: resumes honoured or not.
     pub recoveries: Family<ResultLabel, Counter>,
+    /// `relay_publish_rejections_total{reason}`: refused `POST /publish` requests.
+    pub publish_rejections: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -142,6 +144,7 @@ impl Metrics {
             history_events: Gauge::default(),
             history_bytes: Gauge::default(),
             recoveries: Family::default(),
+            publish_rejections: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -239,6 +242,11 @@ impl Metrics {
                 .socketio_sessions
                 .get_or_create(&TransportLabel { transport });
         }
+        registry.register(
+            "relay_publish_rejections",
+            "POST /publish requests refused, by reason (503s are counted as unavailable)",
+            m.publish_rejections.clone(),
+        );
         for reason in REJECT_REASONS {
             let _ = m
                 .handshake_rejections

@@ -16,6 +16,7 @@ mod listeners;
 mod locate;
 mod log;
 mod nats;
+mod publish;
 mod redis;
 mod routing;
 mod security;
@@ -27,6 +28,7 @@ pub use limits::LimitsConfig;
 pub use listeners::{ListenerConfig, DEFAULT_BIND};
 pub use log::{LogConfig, LogFormat};
 pub use nats::NatsConfig;
+pub use publish::{PublishConfig, PublishTo, PUBLISH_PATH};
 pub use redis::{redact_url, RedisConfig, CANARY_SUFFIX};
 pub use routing::RoutingConfig;
 pub use security::SecurityConfig;
@@ -65,6 +67,8 @@ pub struct Config {
     pub history: HistoryConfig,
     /// `[nats]`
     pub nats: NatsConfig,
+    /// `[publish]`
+    pub publish: PublishConfig,
 }
 
 /// Why a section's values were refused: the dotted key at fault (which
@@ -269,6 +273,11 @@ impl Config {
             warnings.extend(self.log.validate()?);
             warnings.extend(self.socketio.validate(self.routing.allow_firehose)?);
             warnings.extend(self.history.validate()?);
+            let listeners = self.effective_listeners();
+            warnings.extend(
+                self.publish
+                    .validate(&self.redis, &self.socketio, &listeners)?,
+            );
             Ok(warnings)
         };
         all().map_err(|e| (e.key, e.message))
@@ -282,7 +291,7 @@ impl Config {
             .map(ToString::to_string)
             .collect();
         format!(
-            "listeners [{}], redis {}, patterns {:?}, routing {:?}, firehose {}, {} token(s), {} origin(s), max_connections {}",
+            "listeners [{}], redis {}, patterns {:?}, routing {:?}, firehose {}, {} token(s), {} origin(s), max_connections {}{}",
             listeners.join(", "),
             if self.redis.enabled() { self.redis.redacted_url() } else { "off".to_owned() },
             self.redis.patterns,
@@ -291,6 +300,7 @@ impl Config {
             self.auth.tokens.len(),
             self.security.allowed_origins.len(),
             self.limits.max_connections,
+            self.publish.summary(),
         )
     }
 
@@ -305,6 +315,13 @@ impl Config {
         }
         if self.nats != new.nats {
             changed.push("nats");
+        }
+        // The publisher's Redis client is made at start, and the route with it.
+        if self.publish.enabled != new.publish.enabled {
+            changed.push("publish.enabled");
+        }
+        if self.publish.to != new.publish.to {
+            changed.push("publish.to");
         }
         changed
     }

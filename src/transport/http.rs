@@ -1,5 +1,5 @@
 //! One HTTP server per listener port: the accept loop and async routes —
-//! `/ws`, `/healthz`, `/metrics`, 404 and 405. Routes are async, so a
+//! `/ws`, `/healthz`, `/metrics`, `/publish`, 404 and 405. Routes are async, so a
 //! handler can read a body or hold a long-poll open.
 
 use std::convert::Infallible;
@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::handshake::Refused;
 use super::{ws, Server};
+use crate::config::PUBLISH_PATH;
 use crate::util::backoff::Backoff;
 
 /// First pause after a failed `accept` (e.g. out of file descriptors).
@@ -139,6 +140,9 @@ async fn route(
             resp
         }
         "/healthz" | "/metrics" => method_not_allowed("GET, HEAD"),
+        PUBLISH_PATH if server.live.get().publish.enabled => {
+            super::publish::handle(req, at, &server).await
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

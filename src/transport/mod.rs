@@ -1,11 +1,12 @@
 //! How clients reach sessions: the HTTP server on every listener
 //! ([`http`]), the checks every handshake passes ([`handshake`]), the
 //! WebSocket driver of the native protocol ([`ws`]) and Engine.IO /
-//! Socket.IO ([`engineio`]).
+//! Socket.IO ([`engineio`]), and `POST /publish` ([`publish`]).
 
 pub mod engineio;
 pub mod handshake;
 pub mod http;
+pub mod publish;
 pub mod ws;
 
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct Server {
     pub tasks: TaskTracker,
     /// Live Engine.IO sessions by sid.
     pub sids: Arc<engineio::Sids>,
+    /// `POST /publish`: its Redis publisher and counters.
+    pub publish: publish::Publish,
     refusal_log: RateLimit,
 }
 
@@ -62,7 +65,9 @@ impl Server {
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Self {
+        let publish = publish::Publish::new(&live.get(), &metrics);
         Server {
+            publish,
             live,
             hub,
             ingest,

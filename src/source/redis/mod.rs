@@ -183,20 +183,7 @@ impl Subscriber {
     }
 
     fn builder(&self, capacity: usize) -> Result<Builder, fred::error::Error> {
-        let timeout = self.probe_timeout();
-        let mut builder = Builder::from_config(FredConfig::from_url(&self.redis.url)?);
-        builder
-            .with_connection_config(|c| {
-                c.connection_timeout = timeout;
-                c.internal_command_timeout = timeout;
-                c.max_command_attempts = 1;
-                c.tcp.nodelay = Some(true);
-            })
-            .with_performance_config(|p| {
-                p.default_command_timeout = timeout;
-                p.broadcast_channel_capacity = capacity;
-            });
-        Ok(builder)
+        client_builder(&self.redis.url, self.probe_timeout(), capacity)
     }
 
     /// One connection: subscribe, confirm, relay, probe. Returns why it ended.
@@ -433,6 +420,29 @@ impl Subscriber {
             );
         }
     }
+}
+
+/// A fred client builder for `url` whose connects and commands are bounded
+/// by `timeout`, never retried, with a `capacity`-slot broadcast buffer.
+/// Shared by the subscriber, its canary publisher and `POST /publish`.
+pub(crate) fn client_builder(
+    url: &str,
+    timeout: Duration,
+    capacity: usize,
+) -> Result<Builder, fred::error::Error> {
+    let mut builder = Builder::from_config(FredConfig::from_url(url)?);
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = timeout;
+            c.internal_command_timeout = timeout;
+            c.max_command_attempts = 1;
+            c.tcp.nodelay = Some(true);
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = timeout;
+            p.broadcast_channel_capacity = capacity;
+        });
+    Ok(builder)
 }
 
 fn routing_fields(config: &Config) -> Vec<Arc<str>> {
