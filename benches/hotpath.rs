@@ -10,9 +10,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use studio_relay::config::HistoryConfig;
 use studio_relay::event::Event;
 use studio_relay::hub::queue::{queue, QueueRx};
-use studio_relay::hub::{Command, Hub};
+use studio_relay::hub::{Command, Hub, Resume, Welcome};
 use studio_relay::metrics::Metrics;
 use studio_relay::source::decode::studio_json;
 use studio_relay::source::Ingest;
@@ -57,6 +58,16 @@ fn time(budget: Duration, mut f: impl FnMut()) -> f64 {
 }
 
 fn register(hub: &mut Hub, id: u64, keys: Vec<(String, String)>, all: bool) -> QueueRx {
+    register_from(hub, id, keys, all, None)
+}
+
+fn register_from(
+    hub: &mut Hub,
+    id: u64,
+    keys: Vec<(String, String)>,
+    all: bool,
+    resume: Option<Resume>,
+) -> QueueRx {
     let (tx, rx) = queue(1 << 20, usize::MAX);
     hub.apply(Command::Register {
         id,
@@ -64,10 +75,17 @@ fn register(hub: &mut Hub, id: u64, keys: Vec<(String, String)>, all: bool) -> Q
         queue: tx,
         keys,
         all,
-        welcome: studio_relay::hub::Welcome::fixed("w".into()),
-        resume: None,
+        welcome: Welcome::new(|info| info.epoch.unwrap_or("").to_owned().into()),
+        resume,
     });
     rx
+}
+
+fn history(size: usize) -> HistoryConfig {
+    HistoryConfig {
+        size,
+        ..HistoryConfig::default()
+    }
 }
 
 fn main() {
@@ -107,8 +125,14 @@ fn main() {
     });
     println!("encode (native frame, once per event)  {ns:>10.0} ns/event");
 
-    for (label, clients, agents) in [("fanout", 1000usize, 0usize), ("routed", 1000, 100)] {
+    for (label, clients, agents, kept) in [
+        ("fanout", 1000usize, 0usize, 0usize),
+        ("routed", 1000, 100, 0),
+        ("fanout+history", 1000, 0, 100_000),
+        ("routed+history", 1000, 100, 100_000),
+    ] {
         let mut hub = Hub::new(Arc::new(Metrics::new()));
+        hub.set_history(history(kept));
         let mut queues: Vec<QueueRx> = (0..clients)
             .map(|c| {
                 let keys = match agents {
@@ -138,8 +162,69 @@ fn main() {
             }
         });
         println!(
-            "route {label:<7} {clients} clients, {per_event:>4}/event {ns:>10.0} ns/event = {:>6.1} ns/delivery",
+            "route {label:<15} {clients} clients, {per_event:>4}/event {ns:>10.0} ns/event = {:>6.1} ns/delivery",
             ns / per_event as f64
         );
     }
+
+    resumes(bench, &fields);
+}
+
+/// A resume's cost: one client catching up on 10,000 missed events, and
+/// 1,000 clients (100 agents) resuming at once after 10,000 events.
+fn resumes(bench: bool, fields: &[Arc<str>]) {
+    let missed = if bench { 10_000 } else { 200 };
+    let mut hub = Hub::new(Arc::new(Metrics::new()));
+    hub.set_history(history(2 * missed));
+    let mut first = register(&mut hub, 0, Vec::new(), true);
+    let mut sink = Vec::new();
+    first.drain_now(&mut sink, 1);
+    let epoch = sink.pop().map(|o| o.frame.to_string()).unwrap_or_default();
+    for k in 0..missed {
+        let payload = format!(r#"{{"agentId":"a{}","n":{k}}}"#, k % 100);
+        let e = studio_json::decode("m", &payload, fields, Instant::now());
+        hub.ingest(Ingest::Event(e));
+    }
+    drop(first);
+    let start = Instant::now();
+    let resume = Some(Resume {
+        epoch: epoch.clone(),
+        offset: 0,
+    });
+    let mut rx = register_from(&mut hub, 1, Vec::new(), true, resume);
+    let took = start.elapsed();
+    rx.drain_now(&mut sink, usize::MAX);
+    assert_eq!(sink.len(), missed + 1, "welcome + every missed event");
+    println!(
+        "resume  1 client, {missed} missed events   {:>10.0} ns/event = {:>8.0} events/s",
+        took.as_nanos() as f64 / missed as f64,
+        missed as f64 / took.as_secs_f64()
+    );
+    sink.clear();
+
+    let clients = if bench { 1000 } else { 20 };
+    let start = Instant::now();
+    let mut queues = Vec::with_capacity(clients);
+    for c in 0..clients {
+        let keys = vec![("agentId".to_owned(), format!("a{}", c % 100))];
+        let resume = Some(Resume {
+            epoch: epoch.clone(),
+            offset: 0,
+        });
+        queues.push(register_from(&mut hub, 10 + c as u64, keys, false, resume));
+    }
+    let took = start.elapsed();
+    let replayed: usize = queues
+        .iter_mut()
+        .map(|q| {
+            q.drain_now(&mut sink, usize::MAX);
+            let n = sink.len() - 1;
+            sink.clear();
+            n
+        })
+        .sum();
+    println!(
+        "resume  {clients} clients at once, 100 agents  {:>10.1} ms until all queued ({replayed} events replayed)",
+        took.as_secs_f64() * 1000.0
+    );
 }
