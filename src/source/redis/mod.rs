@@ -282,6 +282,7 @@ impl Subscriber {
                 }
                 msg = messages.recv() => match msg {
                     Ok(msg) => {
+                        probe.saw_traffic();
                         if !probe.is_canary(&msg) && self.forward(msg).await.is_err() {
                             return End::Shutdown;
                         }

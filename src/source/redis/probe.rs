@@ -28,9 +28,13 @@ pub struct Liveness {
     tasks: JoinSet<()>,
 }
 
+/// A probe delayed by a backlog may be extended up to this many timeouts.
+const MAX_EXTENSIONS: u32 = 10;
+
 /// One probe in flight.
 struct Probe {
     token: String,
+    started: Instant,
     deadline: Instant,
     ping: oneshot::Receiver<Result<(), String>>,
     ping_done: bool,
@@ -93,9 +97,11 @@ impl Liveness {
             .await;
             let _ = tx.send(result);
         });
+        let now = Instant::now();
         self.probe = Some(Probe {
             token,
-            deadline: Instant::now() + self.timeout,
+            started: now,
+            deadline: now + self.timeout,
             ping: rx,
             ping_done: false,
             canary_seen: !with_canary,
@@ -114,6 +120,19 @@ impl Liveness {
             }
         }
         true
+    }
+
+    /// A message arrived on the subscription: the connection delivers, and
+    /// the canary may only be queued behind a burst (the PING reply and
+    /// the canary come in stream order). Pushes the deadline to a timeout
+    /// from now, at most `MAX_EXTENSIONS` timeouts after the start, so a
+    /// busy relay is not mistaken for a dead Redis (a reconnect would lose
+    /// events) while a stream that stops is still caught.
+    pub fn saw_traffic(&mut self) {
+        if let Some(p) = self.probe.as_mut() {
+            let cap = p.started + self.timeout * MAX_EXTENSIONS;
+            p.deadline = p.deadline.max((Instant::now() + self.timeout).min(cap));
+        }
     }
 
     /// Resolves with the PING/publish half of the current probe; pending
@@ -162,5 +181,42 @@ impl Liveness {
 impl Drop for Liveness {
     fn drop(&mut self) {
         self.tasks.abort_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traffic_extends_a_probe_but_only_up_to_the_cap() {
+        let timeout = Duration::from_secs(1);
+        let mut l = Liveness::new(true, timeout, timeout, "c".into(), "i".into());
+        l.saw_traffic(); // no probe: nothing to extend
+        let (_tx, rx) = oneshot::channel();
+        let long_ago = Instant::now() - timeout * 20;
+        l.probe = Some(Probe {
+            token: "t".into(),
+            started: long_ago,
+            deadline: long_ago + timeout,
+            ping: rx,
+            ping_done: false,
+            canary_seen: false,
+        });
+        l.saw_traffic();
+        // Started 20 timeouts ago: capped at 10, so still overdue.
+        assert_eq!(
+            l.wake_at(true).map(|(at, _)| at),
+            Some(long_ago + timeout * 10)
+        );
+        let now = Instant::now();
+        if let Some(p) = l.probe.as_mut() {
+            p.started = now;
+            p.deadline = now + timeout;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        l.saw_traffic();
+        let at = l.wake_at(true).map(|(at, _)| at).unwrap_or(now);
+        assert!(at > now + timeout, "extended past the first deadline");
     }
 }
