@@ -251,3 +251,39 @@ async fn a_restarted_relay_refuses_the_resume_one_gap_then_events_flow() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_revoked_token_is_terminal_and_stops_the_client() {
+    need_chromium();
+    let redis = Redis::start().await;
+    let relay = Relay::with_extra(&redis, "[auth]\ntokens = [\"t1\"]\n").await;
+    let mut page = NodeProc::native_browser(
+        &ws_url(&relay),
+        json!({"token": "t1", "subscribe": {"agentId": "a1"}, "minBackoffMs": 10, "maxBackoffMs": 50}),
+    )
+    .await;
+    opened(&mut page).await;
+    let outcome = relay
+        .reload("studio_relay=debug,info", "[auth]\ntokens = [\"t2\"]\n")
+        .await;
+    assert_eq!(outcome["message"], "config reloaded", "{outcome}");
+    let err = page.wait_for("error").await;
+    assert_eq!(err["code"], "close_code", "{err}");
+    let closed = page.wait_for("status").await;
+    assert_eq!(closed["status"], "closed", "{closed}");
+    assert_eq!(closed["code"], 1008);
+    assert_eq!(closed["retrying"], false);
+    // The client knows it is closed for good: a change is refused at once.
+    let refused = request(&mut page, 1, "subscribe", json!({"sessionId": "s1"})).await;
+    assert_eq!(refused["ev"], "rejected");
+    assert_eq!(refused["code"], "closed");
+    assert!(
+        !page
+            .seen
+            .iter()
+            .skip_while(|v| v["code"] != 1008)
+            .any(|v| v["status"] == "connecting"),
+        "no new attempt after 1008: {:?}",
+        page.seen
+    );
+}

@@ -149,6 +149,12 @@ export interface ConnectOptions {
    * is for noticing a dead path (sleep, network change) sooner on the client.
    */
   heartbeatMs?: number;
+  /**
+   * Give up on an attempt whose welcome has not arrived within this many ms
+   * (a relay that accepts but never answers) and retry with backoff.
+   * Default 10000; 0: wait as long as the browser does.
+   */
+  connectTimeoutMs?: number;
   /** The WebSocket constructor (default `globalThis.WebSocket`; Node ≥ 22 has one). */
   WebSocket?: new (url: string) => WebSocket;
 }

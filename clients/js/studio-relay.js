@@ -24,6 +24,7 @@ const DEFAULTS = {
   minBackoffMs: 250,
   maxBackoffMs: 30_000,
   heartbeatMs: 0,
+  connectTimeoutMs: 10_000,
 };
 
 /** An error a subscribe/unsubscribe promise rejects with, or onError receives. */
@@ -55,6 +56,14 @@ function call(fn, ...args) {
     queueMicrotask(() => {
       throw e;
     });
+  }
+}
+
+function closeQuietly(ws, reason) {
+  try {
+    ws.close(1000, reason);
+  } catch {
+    // already closing, or a reason the browser refuses
   }
 }
 
@@ -99,6 +108,7 @@ class RelayClient {
     this._attempt = 0;
     this._retryTimer = null;
     this._heartbeatTimer = null;
+    this._connectTimer = null;
     this._pingSentAt = 0;
     // History position: set from the first welcome that carries an epoch.
     this._epoch = null;
@@ -166,16 +176,7 @@ class RelayClient {
       clearTimeout(this._retryTimer);
       this._retryTimer = null;
     }
-    const ws = this._socket;
-    if (ws) {
-      this._detach(ws);
-      try {
-        ws.close(1000, "reconnect");
-      } catch {
-        // already closing
-      }
-      this._down({ code: 1000, reason: "reconnect" }, false);
-    }
+    if (this._socket) this._drop({ code: 1000, reason: "reconnect" }, false);
     this._attempt = 0;
     this._open();
   }
@@ -190,14 +191,10 @@ class RelayClient {
     const ws = this._socket;
     if (ws) {
       this._detach(ws);
-      try {
-        ws.close(1000, "client closed");
-      } catch {
-        // already closing
-      }
+      closeQuietly(ws, "client closed");
     }
     this._socket = null;
-    this._stopHeartbeat();
+    this._stopTimers();
     this._rejectAll(new RelayError("closed", "the client was closed"));
     this._setStatus("closed", { code: 1000, reason: "client closed", retrying: false });
   }
@@ -231,6 +228,14 @@ class RelayClient {
       return;
     }
     this._socket = ws;
+    const limit = this.options.connectTimeoutMs;
+    if (limit > 0) {
+      // No welcome in time (a relay that accepts but never answers): try again.
+      this._connectTimer = setTimeout(() => {
+        this._connectTimer = null;
+        if (this._socket === ws) this._drop({ code: 1006, reason: "connect timeout" }, true);
+      }, limit);
+    }
     ws.onmessage = (m) => this._onMessage(m.data);
     ws.onclose = (e) => {
       this._detach(ws);
@@ -240,6 +245,14 @@ class RelayClient {
     ws.onerror = () => {};
   }
 
+  /** Abandons the current socket without waiting for its close handshake. */
+  _drop(info, schedule) {
+    const ws = this._socket;
+    this._detach(ws);
+    closeQuietly(ws, info.reason);
+    this._down(info, schedule);
+  }
+
   _detach(ws) {
     ws.onmessage = ws.onclose = ws.onerror = null;
     if (this._socket === ws) this._socket = null;
@@ -247,7 +260,7 @@ class RelayClient {
 
   /** The socket is gone: reject what was pending, then retry unless terminal. */
   _down({ code, reason }, schedule) {
-    this._stopHeartbeat();
+    this._stopTimers();
     this._swallowGap = false;
     this._rejectAll(new RelayError("disconnected", `connection closed (${code})`, { code, reason }));
     const terminal = TERMINAL_CLOSE_CODES.includes(code);
@@ -323,6 +336,8 @@ class RelayClient {
     const first = !this._welcomed;
     this._welcomed = true;
     this._attempt = 0;
+    if (this._connectTimer !== null) clearTimeout(this._connectTimer);
+    this._connectTimer = null;
     if (!(resumed && f.recovered === true)) {
       // A fresh start (or a refused resume): count from where the relay is now.
       this._epoch = typeof f.epoch === "string" ? f.epoch : null;
@@ -445,5 +460,11 @@ class RelayClient {
     if (this._heartbeatTimer !== null) clearInterval(this._heartbeatTimer);
     this._heartbeatTimer = null;
     this._pingSentAt = 0;
+  }
+
+  _stopTimers() {
+    this._stopHeartbeat();
+    if (this._connectTimer !== null) clearTimeout(this._connectTimer);
+    this._connectTimer = null;
   }
 }
