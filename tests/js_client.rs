@@ -287,3 +287,48 @@ async fn a_revoked_token_is_terminal_and_stops_the_client() {
         page.seen
     );
 }
+
+#[tokio::test]
+async fn the_heartbeat_notices_a_stalled_connection_and_the_resume_fills_the_hole() {
+    need_chromium();
+    let redis = Redis::start().await;
+    let relay = Relay::with_extra(&redis, HISTORY).await;
+    let mut page = NodeProc::native_browser(
+        &ws_url(&relay),
+        json!({
+            "subscribe": {"agentId": "a1"},
+            "heartbeatMs": 200,
+            "connectTimeoutMs": 1000,
+            "minBackoffMs": 50,
+            "maxBackoffMs": 200,
+        }),
+    )
+    .await;
+    opened(&mut page).await;
+    let batch = |r: std::ops::Range<u64>| -> Vec<Value> {
+        r.map(|n| json!({"agentId": "a1", "n": n})).collect()
+    };
+    let mut got = routed(&redis, &mut page, &batch(0..10)).await;
+
+    // Offline: the socket stays "open" but nothing moves either way.
+    page.send(json!({"id": 1, "cmd": "offline", "arg": true}))
+        .await;
+    page.wait_for("done").await;
+    for p in batch(10..20) {
+        redis.publish(CH, p.to_string()).await;
+    }
+    loop {
+        let s = page.wait_for("status").await;
+        if s["reason"] == "heartbeat timeout" {
+            assert_eq!(s["retrying"], true, "{s}");
+            break;
+        }
+    }
+    page.send(json!({"id": 2, "cmd": "offline", "arg": false}))
+        .await;
+    let open = opened(&mut page).await;
+    assert_eq!(open["recovered"], true, "{open}");
+    got.extend(routed(&redis, &mut page, &batch(20..30)).await);
+    assert_eq!(got, batch(0..30), "every number once, in order");
+    assert_eq!(count(&page, "gap"), 0, "{:?}", page.seen);
+}

@@ -446,7 +446,7 @@ class RelayClient {
       // A ping unanswered for a whole interval: the path is dead even if
       // the socket does not know it yet (laptop sleep, network change).
       if (this._pingSentAt !== 0 && Date.now() - this._pingSentAt >= every) {
-        this.reconnect();
+        this._drop({ code: 1006, reason: "heartbeat timeout" }, true);
         return;
       }
       if (this._pingSentAt === 0) {

@@ -7,6 +7,7 @@
 //   out: {"ev":"page","origin":…}, then {"ev":"status",…}, {"ev":"event","name":…,"data":…,"offset":N},
 //        {"ev":"gap",…}, {"ev":"resolved"|"rejected","id":…}
 //   in:  {"id":1,"cmd":"subscribe"|"unsubscribe","arg":{…}} | {"id":2,"cmd":"reconnect"|"close"}
+//        | {"id":3,"cmd":"offline","arg":true|false} (the browser context's network)
 // Exits on stdin EOF.
 import { chromium } from "playwright-core";
 import { createServer } from "node:http";
@@ -51,7 +52,15 @@ out({ ev: "page", origin });
 let stopping = false;
 const lines = createInterface({ input: process.stdin });
 lines.on("line", (line) => {
-  if (line.trim()) page.evaluate((c) => window.__cmd(c), JSON.parse(line)).catch((e) => out({ ev: "pageerror", message: String(e) }));
+  if (!line.trim()) return;
+  const c = JSON.parse(line);
+  // Emulated offline stalls an open localhost WebSocket in Chromium (no
+  // close event, nothing delivered): the dead path a heartbeat must notice.
+  if (c.cmd === "offline") {
+    page.context().setOffline(c.arg).then(() => out({ ev: "done", id: c.id }));
+    return;
+  }
+  page.evaluate((c) => window.__cmd(c), c).catch((e) => out({ ev: "pageerror", message: String(e) }));
 });
 lines.on("close", async () => {
   stopping = true;
