@@ -21,7 +21,10 @@ export type Status = "connecting" | "open" | "closed";
 
 /** What {@link ConnectOptions.onStatus} gets with each status. */
 export interface StatusDetail {
-  /** "connecting": attempts since the last welcome (0 for the first). */
+  /**
+   * "connecting": failed attempts in a row so far (0 for the first); it
+   * starts over once a connection has stayed open for 5 s, or on reconnect().
+   */
   attempt?: number;
   /** "open": the relay's id for this connection. */
   connectionId?: string;
@@ -137,7 +140,10 @@ export interface ConnectOptions {
    * terminal close code (the client then stays closed), a frame that is not JSON.
    */
   onError?: (error: RelayError) => void;
-  /** First reconnect delay's ceiling in ms (default 250); doubles per failed attempt. */
+  /**
+   * First reconnect delay's ceiling in ms (default 250); doubles per attempt
+   * in a row (a connection closed within 5 s of its welcome counts as failed).
+   */
   minBackoffMs?: number;
   /** Cap of the reconnect delay in ms (default 30000). Each delay is random in [0, ceiling]. */
   maxBackoffMs?: number;
@@ -155,7 +161,7 @@ export interface ConnectOptions {
    * Default 10000; 0: wait as long as the browser does.
    */
   connectTimeoutMs?: number;
-  /** The WebSocket constructor (default `globalThis.WebSocket`; Node ≥ 22 has one). */
+  /** The WebSocket constructor (default `globalThis.WebSocket`: browsers, Node ≥ 22; for older Node, `ws`'s `WebSocket`). */
   WebSocket?: new (url: string) => WebSocket;
 }
 

@@ -20,6 +20,14 @@ export const TERMINAL_CLOSE_CODES = Object.freeze([
   1009, // a client frame over max_client_message_bytes
 ]);
 
+/**
+ * A connection open this long counts as healthy: the backoff starts over
+ * after it drops. One kicked sooner (say 1013 slow consumer right after a
+ * big replay) keeps backing off, so a kick-reconnect loop cannot hammer the
+ * relay at the first step's rate.
+ */
+const STABLE_AFTER_MS = 5_000;
+
 const DEFAULTS = {
   minBackoffMs: 250,
   maxBackoffMs: 30_000,
@@ -110,6 +118,7 @@ class RelayClient {
     this._heartbeatTimer = null;
     this._connectTimer = null;
     this._pingSentAt = 0;
+    this._openedAt = 0;
     // History position: set from the first welcome that carries an epoch.
     this._epoch = null;
     this._offset = 0;
@@ -218,13 +227,15 @@ class RelayClient {
     const Ws = this.options.WebSocket ?? globalThis.WebSocket;
     let ws;
     try {
+      if (typeof Ws !== "function") throw new TypeError("no WebSocket here: pass options.WebSocket");
       ws = new Ws(this._buildUrl());
     } catch (e) {
-      // A malformed URL: retrying cannot help.
+      // A malformed URL or no WebSocket at all: retrying cannot help.
+      const message = String(e?.message ?? e);
       this._closed = true;
-      this._rejectAll(new RelayError("closed", String(e?.message ?? e)));
-      call(this.options.onError, new RelayError("bad_url", String(e?.message ?? e)));
-      this._setStatus("closed", { code: 0, reason: String(e?.message ?? e), retrying: false });
+      this._rejectAll(new RelayError("closed", message));
+      call(this.options.onError, new RelayError("bad_url", message));
+      this._setStatus("closed", { code: 0, reason: message, retrying: false });
       return;
     }
     this._socket = ws;
@@ -254,13 +265,17 @@ class RelayClient {
   }
 
   _detach(ws) {
-    ws.onmessage = ws.onclose = ws.onerror = null;
+    ws.onmessage = ws.onclose = null;
+    // Not null: Node's `ws` throws an "error" event nobody listens to.
+    ws.onerror = () => {};
     if (this._socket === ws) this._socket = null;
   }
 
   /** The socket is gone: reject what was pending, then retry unless terminal. */
   _down({ code, reason }, schedule) {
     this._stopTimers();
+    if (this._openedAt !== 0 && Date.now() - this._openedAt >= STABLE_AFTER_MS) this._attempt = 0;
+    this._openedAt = 0;
     this._swallowGap = false;
     this._rejectAll(new RelayError("disconnected", `connection closed (${code})`, { code, reason }));
     const terminal = TERMINAL_CLOSE_CODES.includes(code);
@@ -335,7 +350,7 @@ class RelayClient {
     const resumed = this._resuming;
     const first = !this._welcomed;
     this._welcomed = true;
-    this._attempt = 0;
+    this._openedAt = Date.now();
     if (this._connectTimer !== null) clearTimeout(this._connectTimer);
     this._connectTimer = null;
     if (!(resumed && f.recovered === true)) {
