@@ -363,6 +363,7 @@ class RelayClient {
       recovered: resumed ? f.recovered === true : undefined,
       welcome: f,
     });
+    if (this._closed) return; // onStatus closed it
     this._startHeartbeat();
     if (resumed && f.recovered !== true) {
       // The relay follows recovered:false with a gap frame: one call per incident.
