@@ -113,6 +113,19 @@ impl NodeProc {
         .await
     }
 
+    /// `tests/js/native-browser.mjs`: a page in headless Chromium running the
+    /// real `clients/js/studio-relay.js` against `relay` (a `ws://…/ws` URL)
+    /// with `opts` (its JSON-able `connect` options); waits for `page`.
+    pub async fn native_browser(relay: &str, opts: Value) -> NodeProc {
+        let mut p = Self::spawn(
+            "native-browser.mjs",
+            &serde_json::json!({"relay": relay, "opts": opts}),
+        )
+        .await;
+        p.wait_for("page").await;
+        p
+    }
+
     /// The next line, within the harness's wait.
     pub async fn next(&mut self) -> Value {
         let line = tokio::time::timeout(WAIT, self.lines.next_line())
