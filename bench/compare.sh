@@ -153,8 +153,10 @@ start_target() {
   local kind=$1 log="$WORK/$1.log"
   TARGET_PORT=$(free_port)
   case "$kind" in
-    studio|studio-sio|studio-poll|studio-adapter)
+    studio|studio-sio|studio-poll|studio-adapter|studio-history)
       [ "$HAVE_STUDIO" = 1 ] || return 1
+      local history=0
+      [ "$kind" = studio-history ] && history=100000
       cat >"$WORK/relay.toml" <<EOF
 [redis]
 url = "redis://127.0.0.1:$REDIS_PORT"
@@ -163,6 +165,8 @@ socketio_adapter = true
 bind = "127.0.0.1:$TARGET_PORT"
 [limits]
 max_connections = 200000
+[history]
+size = $history
 EOF
       REDIS_URL="redis://127.0.0.1:$REDIS_PORT" "$RELAY" --config "$WORK/relay.toml" >"$log" 2>&1 &
       TARGET_PID=$!
@@ -189,7 +193,12 @@ EOF
 run_case() {
   local label=$1 scenario=$2 clients=$3; shift 3
   local target=$label
-  case "$label" in socketio-rooms|studio-sio) target=socketio ;; studio-poll) target=socketio-polling ;; studio-adapter) target=studio; set -- "$@" --adapter ;; esac
+  case "$label" in
+    socketio-rooms|studio-sio) target=socketio ;;
+    studio-poll) target=socketio-polling ;;
+    studio-adapter) target=studio; set -- "$@" --adapter ;;
+    studio-history) target=studio ;;
+  esac
   if [ "$STUDIO_ONLY" = 1 ] && [ "${label#studio}" = "$label" ]; then return 0; fi
   # SKIP_LABELS="studio-sio studio-poll": e.g. to compare with a build that has no Socket.IO.
   case " ${SKIP_LABELS:-} " in *" $label "*) return 0 ;; esac
@@ -222,12 +231,13 @@ fi
 # studio-sio / studio-poll: studio-relay's own Socket.IO over WebSocket /
 # over HTTP long-polling; same load generator as the peers. studio-adapter:
 # native clients, events published as @socket.io/redis-adapter MessagePack.
+# studio-history: the same relay keeping 100,000 events for resumes.
 PEERS_ALL=(studio studio-sio studio-poll socketio ws redis)
-for t in studio-adapter "${PEERS_ALL[@]}"; do run_case "$t" fanout "$N" --duration "$D"; done
+for t in studio-adapter studio-history "${PEERS_ALL[@]}"; do run_case "$t" fanout "$N" --duration "$D"; done
 for r in 1000 100; do
   for t in "${PEERS_ALL[@]}"; do run_case "$t" rate "$N" --rate "$r" --duration "$D"; done
 done
-for t in studio studio-adapter studio-sio studio-poll socketio-rooms socketio; do run_case "$t" routed "$RN" --agents "$RA" --duration "$D"; done
+for t in studio studio-adapter studio-history studio-sio studio-poll socketio-rooms socketio; do run_case "$t" routed "$RN" --agents "$RA" --duration "$D"; done
 run_case studio routed "$BN" --agents "$BA" --duration "$D"
 
 # Idle: the relay needs max_connections (200000 in its config) and an
