@@ -4,6 +4,7 @@ use serde::Deserialize;
 
 use super::{Checked, Invalid};
 use crate::util::pattern::Pattern;
+use crate::util::pem;
 
 /// Suffix appended to the first pattern's literal prefix to form the canary channel.
 pub const CANARY_SUFFIX: &str = "__studio_relay__";
@@ -39,6 +40,12 @@ pub struct RedisConfig {
     pub liveness_timeout_ms: u64,
     /// Channel for the canary; "" derives it from the first pattern.
     pub canary_channel: String,
+    /// PEM of a private CA for `rediss://` ("" = the system's roots).
+    pub tls_ca: String,
+    /// Client certificate chain (PEM) for Redis with `tls-auth-clients yes`.
+    pub tls_cert: String,
+    /// Its private key (PEM).
+    pub tls_key: String,
     /// Also take `@socket.io/redis-adapter` / `redis-emitter` broadcasts.
     pub socketio_adapter: bool,
     /// The adapter's / emitter's `key` option (channel prefix).
@@ -53,6 +60,9 @@ impl Default for RedisConfig {
             liveness_interval_ms: 5000,
             liveness_timeout_ms: 5000,
             canary_channel: String::new(),
+            tls_ca: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
             socketio_adapter: false,
             socketio_key: "socket.io".into(),
         }
@@ -124,6 +134,7 @@ impl RedisConfig {
                 format!("invalid Redis URL: {}", e.details()),
             ));
         }
+        self.validate_tls(scheme)?;
         let patterns = self.validate_patterns(&mut warnings)?;
         if self.liveness_interval_ms > 0 {
             if self.liveness_timeout_ms == 0 {
@@ -141,6 +152,40 @@ impl RedisConfig {
             }
         }
         Ok(warnings)
+    }
+
+    /// TLS files only with a TLS scheme, cert and key together, and every
+    /// file readable and parseable now rather than at the first connect.
+    fn validate_tls(&self, scheme: &str) -> Result<(), Invalid> {
+        let tls_scheme = scheme.starts_with("rediss") || scheme.starts_with("valkeys");
+        for (key, value) in [
+            ("redis.tls_ca", &self.tls_ca),
+            ("redis.tls_cert", &self.tls_cert),
+            ("redis.tls_key", &self.tls_key),
+        ] {
+            if !value.is_empty() && !tls_scheme {
+                return Err(Invalid::new(
+                    key,
+                    format!("needs a TLS URL (rediss://…), not {scheme}://"),
+                ));
+            }
+        }
+        if self.tls_cert.is_empty() != self.tls_key.is_empty() {
+            let key = if self.tls_cert.is_empty() {
+                "redis.tls_cert"
+            } else {
+                "redis.tls_key"
+            };
+            return Err(Invalid::new(key, "tls_cert and tls_key go together"));
+        }
+        if !self.tls_ca.is_empty() {
+            pem::certs(&self.tls_ca).map_err(|e| Invalid::new("redis.tls_ca", e))?;
+        }
+        if !self.tls_cert.is_empty() {
+            pem::certs(&self.tls_cert).map_err(|e| Invalid::new("redis.tls_cert", e))?;
+            pem::key(&self.tls_key).map_err(|e| Invalid::new("redis.tls_key", e))?;
+        }
+        Ok(())
     }
 
     fn validate_patterns(&self, warnings: &mut Vec<String>) -> Result<Vec<Pattern>, Invalid> {
@@ -242,6 +287,19 @@ mod tests {
         assert_eq!(r.adapter_pattern(), "a\\*b#/#*");
         let e = parse("[redis]\nsocketio_adapter = true\nsocketio_key = \"\"\n").unwrap_err();
         assert_eq!(e.key, "redis.socketio_key");
+    }
+
+    #[test]
+    fn tls_files_need_a_tls_url_come_in_pairs_and_must_parse() {
+        let e = parse("[redis]\ntls_ca = \"/x.pem\"\n").unwrap_err();
+        assert_eq!(e.key, "redis.tls_ca");
+        assert!(e.message.contains("rediss://"), "{e}");
+        let e = parse("[redis]\nurl = \"rediss://h:1\"\ntls_cert = \"/c.pem\"\n").unwrap_err();
+        assert_eq!(e.key, "redis.tls_key");
+        let e = parse("[redis]\nurl = \"rediss://h:1\"\ntls_ca = \"/nonexistent/ca.pem\"\n")
+            .unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("redis.tls_ca", 3));
+        assert!(e.message.contains("/nonexistent/ca.pem"), "{e}");
     }
 
     #[test]

@@ -5,4 +5,5 @@ pub mod backoff;
 pub mod base64;
 pub mod id;
 pub mod pattern;
+pub mod pem;
 pub mod ratelimit;

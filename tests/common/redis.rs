@@ -17,15 +17,23 @@ pub struct Redis {
     pub port: u16,
     child: Option<Child>,
     dir: TempDir,
+    extra: Vec<String>,
 }
 
 impl Redis {
     pub async fn start() -> Redis {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// Starts with extra `redis-server` arguments (a TLS port, say); the
+    /// plain port stays, for the harness's own connections.
+    pub async fn start_with(extra: Vec<String>) -> Redis {
         for _ in 0..5 {
             let mut r = Redis {
                 port: free_port(),
                 child: None,
                 dir: TempDir::new(),
+                extra: extra.clone(),
             };
             r.spawn();
             if r.wait_ready().await {
@@ -49,6 +57,7 @@ impl Redis {
                 "--dir",
                 self.dir.0.to_str().unwrap(),
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -74,6 +83,11 @@ impl Redis {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         false
+    }
+
+    /// The temp directory it runs in (for certificates and the like).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir.0
     }
 
     pub fn url(&self) -> String {

@@ -8,6 +8,7 @@
 //! `gap` frame exact.
 
 pub mod probe;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -183,7 +184,7 @@ impl Subscriber {
     }
 
     fn builder(&self, capacity: usize) -> Result<Builder, fred::error::Error> {
-        client_builder(&self.redis.url, self.probe_timeout(), capacity)
+        client_builder(&self.redis, self.probe_timeout(), capacity)
     }
 
     /// One connection: subscribe, confirm, relay, probe. Returns why it ended.
@@ -427,11 +428,17 @@ impl Subscriber {
 /// by `timeout`, never retried, with a `capacity`-slot broadcast buffer.
 /// Shared by the subscriber, its canary publisher and `POST /publish`.
 pub(crate) fn client_builder(
-    url: &str,
+    redis: &RedisConfig,
     timeout: Duration,
     capacity: usize,
 ) -> Result<Builder, fred::error::Error> {
-    let mut builder = Builder::from_config(FredConfig::from_url(url)?);
+    let mut config = FredConfig::from_url(&redis.url)?;
+    if let Some(tls) = tls::config(redis).map_err(|e| {
+        fred::error::Error::new(fred::error::ErrorKind::Tls, format!("redis TLS: {e}"))
+    })? {
+        config.tls = Some(tls);
+    }
+    let mut builder = Builder::from_config(config);
     builder
         .with_connection_config(|c| {
             c.connection_timeout = timeout;

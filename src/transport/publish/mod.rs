@@ -85,7 +85,7 @@ impl Publish {
         };
         let wanted = config.publish.enabled && config.publish.to == PublishTo::Redis;
         let redis = wanted
-            .then(|| publisher(&config.redis.url, redis_timeout))
+            .then(|| publisher(&config.redis, redis_timeout))
             .and_then(|r| {
                 r.map_err(
                     |e| tracing::error!(error = %e.details(), "cannot build the publish client"),
@@ -156,8 +156,11 @@ impl Publish {
 /// A fred client for PUBLISH: reconnects forever with backoff, and while
 /// disconnected a command waits at most `timeout` (it is checked for a
 /// live connection first anyway, so a down Redis answers at once).
-fn publisher(url: &str, timeout: Duration) -> Result<Client, fred::error::Error> {
-    let mut builder = crate::source::redis::client_builder(url, timeout, PUBLISHER_CAPACITY)?;
+fn publisher(
+    redis: &crate::config::RedisConfig,
+    timeout: Duration,
+) -> Result<Client, fred::error::Error> {
+    let mut builder = crate::source::redis::client_builder(redis, timeout, PUBLISHER_CAPACITY)?;
     builder
         .with_config(|c| c.fail_fast = false)
         .set_policy(ReconnectPolicy::new_exponential(
