@@ -95,6 +95,15 @@ impl Event {
         }
     }
 
+    /// Bytes of the frames built so far (what history keeps besides the payload).
+    pub fn frames_len(&self) -> usize {
+        self.frames
+            .iter()
+            .filter_map(OnceLock::get)
+            .map(|f| f.len())
+            .sum()
+    }
+
     /// The frame cached in `slot`, built by `build` on first use. Racing
     /// callers may both build, but only one frame is kept and returned.
     pub fn frame(&self, slot: usize, build: impl FnOnce(&Event) -> Utf8Bytes) -> &Utf8Bytes {

@@ -95,8 +95,13 @@ async fn rediss_with_a_private_ca_and_a_client_certificate() {
         },
     )
     .await;
-    let warned = no_cert.wait_log(0, "redis unavailable; retrying with backoff").await;
-    assert!(warned["reason"].as_str().unwrap_or("").contains("connect"), "{warned}");
+    let warned = no_cert
+        .wait_log(0, "redis unavailable; retrying with backoff")
+        .await;
+    assert!(
+        warned["reason"].as_str().unwrap_or("").contains("connect"),
+        "{warned}"
+    );
     let (status, health) = no_cert.health().await;
     assert_eq!(
         (status, &health["redis"]),

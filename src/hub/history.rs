@@ -161,7 +161,8 @@ impl History {
     }
 }
 
-/// What one kept event counts against `max_bytes`.
+/// What one kept event counts against `max_bytes`: name, payload, routing
+/// keys, the frames cached on it, and a fixed overhead.
 fn cost(e: &Event) -> usize {
     let data = match &e.data {
         crate::event::Data::Json(s) | crate::event::Data::Text(s) => s.len(),
@@ -170,7 +171,9 @@ fn cost(e: &Event) -> usize {
         }
     };
     let keys: usize = e.keys.iter().map(|(f, v)| f.len() + v.len()).sum();
-    EVENT_OVERHEAD + e.name.len() + data + keys
+    // The frames built while routing it are kept too, shared with nobody
+    // once the connections have written them.
+    EVENT_OVERHEAD + e.name.len() + data + keys + e.frames_len()
 }
 
 /// Whether a connection with these subscriptions gets `event` (the hub's
@@ -270,6 +273,35 @@ mod tests {
             ..HistoryConfig::default()
         });
         assert_eq!(offsets(&mut h, 2), Ok(vec![3, 4, 5, 6]));
+    }
+
+    #[test]
+    fn ten_mib_through_a_one_mib_ring_stays_within_it_frames_included() {
+        let mut h = History::new(HistoryConfig {
+            size: 1_000_000,
+            max_bytes: 1 << 20,
+            ..HistoryConfig::default()
+        });
+        let payload = format!(r#"{{"pad":"{}"}}"#, "x".repeat(1000));
+        for _ in 0..10 * 1024 {
+            let mut e = Event::new(
+                "e",
+                Data::Json(payload.as_str().into()),
+                Vec::new(),
+                Instant::now(),
+            );
+            h.assign(&mut e);
+            // Routed first: the native frame is built and kept with it.
+            let _ = crate::wire::Wire::Studio.event_frame(&e);
+            h.push(Arc::new(e));
+            assert!(h.size().1 <= 1 << 20);
+        }
+        let (events, bytes) = h.size();
+        assert!(bytes > (1 << 20) - 4096, "full: {bytes}");
+        assert!(
+            (400..600).contains(&events),
+            "about 1 MiB / 2 KiB: {events}"
+        );
     }
 
     #[test]
