@@ -27,6 +27,14 @@ impl Default for RoutingConfig {
 }
 
 impl RoutingConfig {
+    /// The fields as shared strings, the form the decoders take.
+    pub fn shared_fields(&self) -> Vec<std::sync::Arc<str>> {
+        self.fields
+            .iter()
+            .map(|f| std::sync::Arc::from(f.as_str()))
+            .collect()
+    }
+
     /// Field names must be usable as query parameters and frame keys.
     pub(super) fn validate(&self) -> Checked {
         for (i, f) in self.fields.iter().enumerate() {

@@ -91,13 +91,7 @@ impl Source for MemorySource {
                 };
                 let ingest = match item {
                     Item::Publish(name, payload) => {
-                        let config = ctx.live.get();
-                        let fields: Vec<Arc<str>> = config
-                            .routing
-                            .fields
-                            .iter()
-                            .map(|f| Arc::from(f.as_str()))
-                            .collect();
+                        let fields = ctx.live.get().routing.shared_fields();
                         Ingest::Event(studio_json::decode(
                             &name,
                             &payload,

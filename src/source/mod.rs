@@ -13,7 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -60,6 +60,30 @@ pub fn configured(config: &Config) -> Vec<Box<dyn Source>> {
         sources.push(Box::new(nats::NatsSource::new(config.nats.clone())));
     }
     sources
+}
+
+/// The routing fields a source decodes with, refreshed when a reload
+/// changed the config (checked per message: a `watch` flag, no lock).
+pub struct LiveFields {
+    reloads: watch::Receiver<Arc<Config>>,
+    fields: Vec<Arc<str>>,
+}
+
+impl LiveFields {
+    /// Following `live`.
+    pub fn new(live: &Live) -> Self {
+        let mut reloads = live.watch();
+        let fields = reloads.borrow_and_update().routing.shared_fields();
+        LiveFields { reloads, fields }
+    }
+
+    /// The current fields.
+    pub fn current(&mut self) -> &[Arc<str>] {
+        if self.reloads.has_changed().unwrap_or(false) {
+            self.fields = self.reloads.borrow_and_update().routing.shared_fields();
+        }
+        &self.fields
+    }
 }
 
 /// A boxed source future.

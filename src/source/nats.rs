@@ -11,7 +11,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::client::RequestErrorKind;
@@ -19,12 +18,12 @@ use async_nats::{Client, ConnectOptions, Event as NatsEvent, Message, ServerAddr
 use futures_util::stream::{select_all, SelectAll};
 use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::decode::studio_json;
-use super::{Ingest, Source, SourceCtx, SourceRun};
-use crate::config::{Config, NatsConfig};
+use super::{Ingest, LiveFields, Source, SourceCtx, SourceRun};
+use crate::config::NatsConfig;
 use crate::event::GapReason;
 use crate::util::backoff::Backoff;
 use crate::util::id::random_u64;
@@ -158,8 +157,7 @@ struct Subscriber {
     /// Requested after each connect to prove the subscriptions live.
     probe_subject: String,
     ctx: SourceCtx,
-    reloads: watch::Receiver<Arc<Config>>,
-    fields: Vec<Arc<str>>,
+    fields: LiveFields,
     invalid_log: RateLimit,
     error_log: RateLimit,
     /// `relay_source_messages_total{source="nats"}`.
@@ -181,13 +179,11 @@ type Probe = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 impl Subscriber {
     fn new(nats: NatsConfig, ctx: SourceCtx) -> Self {
-        let mut reloads = ctx.live.watch();
-        let fields = routing_fields(&reloads.borrow_and_update());
+        let fields = LiveFields::new(&ctx.live);
         Subscriber {
             subjects: Subjects::new(&nats.subjects),
             probe_subject: format!("_studio_relay.probe.{}", ctx.instance),
             nats,
-            reloads,
             fields,
             invalid_log: RateLimit::new(INVALID_LOG_EVERY),
             error_log: RateLimit::new(ERROR_LOG_EVERY),
@@ -383,13 +379,10 @@ impl Subscriber {
             self.invalid("not_utf8", subject, "payload is not UTF-8; dropped");
             return Ok(());
         };
-        if self.reloads.has_changed().unwrap_or(false) {
-            self.fields = routing_fields(&self.reloads.borrow_and_update());
-        }
         let event = studio_json::decode(
             self.subjects.event_name(subject),
             payload,
-            &self.fields,
+            self.fields.current(),
             received,
         );
         if event.is_text() {
@@ -486,15 +479,6 @@ async fn poll_probe(probe: &mut Option<Probe>) -> Result<(), String> {
         Some(p) => p.await,
         None => std::future::pending().await,
     }
-}
-
-fn routing_fields(config: &Config) -> Vec<Arc<str>> {
-    config
-        .routing
-        .fields
-        .iter()
-        .map(|f| Arc::from(f.as_str()))
-        .collect()
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@
 pub mod probe;
 pub mod tls;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fred::clients::SubscriberClient;
@@ -18,13 +17,13 @@ use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::types::config::Config as FredConfig;
 use fred::types::{Builder, Message, Value};
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::decode::adapter::{self, Skip};
 use super::decode::studio_json;
-use super::{Ingest, Source, SourceCtx, SourceRun};
-use crate::config::{Config, RedisConfig};
+use super::{Ingest, LiveFields, Source, SourceCtx, SourceRun};
+use crate::config::RedisConfig;
 use crate::event::GapReason;
 use crate::util::backoff::Backoff;
 use crate::util::pattern::Pattern;
@@ -78,8 +77,7 @@ struct Subscriber {
     canary: String,
     ctx: SourceCtx,
     /// Its own receiver, so "changed since I last looked" is ours alone.
-    reloads: watch::Receiver<Arc<Config>>,
-    fields: Vec<Arc<str>>,
+    fields: LiveFields,
     invalid_log: RateLimit,
     /// `relay_source_messages_total{source="redis"}`.
     messages: Counter,
@@ -102,13 +100,11 @@ impl Subscriber {
         let adapter_prefix = redis
             .socketio_adapter
             .then(|| format!("{}#/#", redis.socketio_key));
-        let mut reloads = ctx.live.watch();
-        let fields = routing_fields(&reloads.borrow_and_update());
+        let fields = LiveFields::new(&ctx.live);
         Subscriber {
             redis,
             patterns,
             canary,
-            reloads,
             fields,
             invalid_log: RateLimit::new(INVALID_LOG_EVERY),
             messages: ctx.metrics.source_counter("redis"),
@@ -358,16 +354,13 @@ impl Subscriber {
                 return Ok(());
             }
         };
-        if self.reloads.has_changed().unwrap_or(false) {
-            self.fields = routing_fields(&self.reloads.borrow_and_update());
-        }
         let name = self
             .patterns
             .iter()
             .find(|p| p.matches(channel.as_bytes()))
             .and_then(|p| channel.get(p.prefix().len()..))
             .unwrap_or(channel);
-        let event = studio_json::decode(name, payload, &self.fields, received);
+        let event = studio_json::decode(name, payload, self.fields.current(), received);
         if event.is_text() {
             self.invalid(
                 "not_json",
@@ -389,10 +382,7 @@ impl Subscriber {
             Value::String(s) => s.as_bytes(),
             _ => &[],
         };
-        if self.reloads.has_changed().unwrap_or(false) {
-            self.fields = routing_fields(&self.reloads.borrow_and_update());
-        }
-        match adapter::decode(bytes, &self.fields, received) {
+        match adapter::decode(bytes, self.fields.current(), received) {
             Ok(event) => self
                 .ctx
                 .ingest
@@ -451,15 +441,6 @@ pub(crate) fn client_builder(
             p.broadcast_channel_capacity = capacity;
         });
     Ok(builder)
-}
-
-fn routing_fields(config: &Config) -> Vec<Arc<str>> {
-    config
-        .routing
-        .fields
-        .iter()
-        .map(|f| Arc::from(f.as_str()))
-        .collect()
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {

@@ -347,12 +347,7 @@ async fn to_local(
     channels: &Channels,
     items: &[Item<'_>],
 ) -> Result<(), Refusal> {
-    let fields: Vec<Arc<str>> = config
-        .routing
-        .fields
-        .iter()
-        .map(|f| Arc::from(f.as_str()))
-        .collect();
+    let fields = config.routing.shared_fields();
     for item in items {
         let (name, copies) = channels.delivery(&item.channel);
         for _ in 0..copies {
