@@ -190,6 +190,7 @@ fn resumes(bench: bool, fields: &[Arc<str>]) {
     let resume = Some(Resume {
         epoch: epoch.clone(),
         offset: 0,
+        restore: None,
     });
     let mut rx = register_from(&mut hub, 1, Vec::new(), true, resume);
     let took = start.elapsed();
@@ -210,6 +211,7 @@ fn resumes(bench: bool, fields: &[Arc<str>]) {
         let resume = Some(Resume {
             epoch: epoch.clone(),
             offset: 0,
+            restore: None,
         });
         queues.push(register_from(&mut hub, 10 + c as u64, keys, false, resume));
     }

@@ -86,6 +86,19 @@ pub struct Resume {
     pub epoch: String,
     /// The last offset it received.
     pub offset: u64,
+    /// Subscriptions to add only if every missed event can be replayed: a
+    /// Socket.IO session recovering by pid gets its old ones back, but a
+    /// client told "not recovered" starts fresh (SPEC §12).
+    pub restore: Option<Restore>,
+}
+
+/// The subscriptions of a session being recovered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restore {
+    /// `(field, value)` subscriptions.
+    pub keys: Vec<(String, String)>,
+    /// Firehose.
+    pub all: bool,
 }
 
 /// Builds a connection's welcome from what only the hub knows.
@@ -406,6 +419,11 @@ impl Hub {
             self.send_control(slot, (welcome.0)(&info));
             return;
         };
+        let available = self.history.since(&resume.epoch, resume.offset).is_ok();
+        if let (true, Some(restore)) = (available, resume.restore) {
+            // Live before the replay is filtered, in the same hub step.
+            self.change(slot, true, restore.keys, restore.all);
+        }
         let Some(Some(entry)) = self.slots.get(slot) else {
             return;
         };

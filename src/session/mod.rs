@@ -102,6 +102,18 @@ impl Session {
         self.queue.shared().clone()
     }
 
+    /// The subscriptions, as the hub has them.
+    pub fn subscriptions(&self) -> (Vec<(String, String)>, bool) {
+        (self.subs.iter().cloned().collect(), self.all)
+    }
+
+    /// Mirrors subscriptions the hub added at registration (a recovered
+    /// Socket.IO session's, [`crate::hub::Restore`]).
+    pub fn restored(&mut self, keys: Vec<(String, String)>, all: bool) {
+        self.subs.extend(keys);
+        self.all |= all;
+    }
+
     /// Whether the firehose is on.
     pub fn firehose(&self) -> bool {
         self.all

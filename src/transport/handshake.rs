@@ -128,11 +128,13 @@ fn parse_since(v: &str) -> Resume {
             Some(Resume {
                 epoch: epoch.to_owned(),
                 offset: offset.parse().ok()?,
+                restore: None,
             })
         })
         .unwrap_or(Resume {
             epoch: String::new(),
             offset: 0,
+            restore: None,
         })
 }
 

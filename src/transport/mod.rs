@@ -46,6 +46,8 @@ pub struct Server {
     pub tasks: TaskTracker,
     /// Live Engine.IO sessions by sid.
     pub sids: Arc<engineio::Sids>,
+    /// Socket.IO sessions waiting, by pid, for their client to come back.
+    pub recovery: engineio::recovery::Recovery,
     /// `POST /publish`: its Redis publisher and counters.
     pub publish: publish::Publish,
     refusal_log: RateLimit,
@@ -78,6 +80,7 @@ impl Server {
             shutdown,
             tasks,
             sids: Arc::default(),
+            recovery: Default::default(),
             refusal_log: RateLimit::new(REFUSAL_LOG_EVERY),
         }
     }

@@ -18,6 +18,24 @@ pub fn random_u64() -> u64 {
     h.finish()
 }
 
+/// 128 bits from the operating system's CSPRNG as 32 hex digits: for ids
+/// that grant something to whoever presents them (Engine.IO sids, Socket.IO
+/// recovery pids), which must not be guessable from others seen. Falls back
+/// to [`random_u64`] only if the OS refuses, which Linux does not once booted.
+pub fn secret_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        bytes[..8].copy_from_slice(&random_u64().to_ne_bytes());
+        bytes[8..].copy_from_slice(&random_u64().to_ne_bytes());
+    }
+    let mut out = String::with_capacity(32);
+    for b in bytes {
+        use std::fmt::Write;
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
 /// Identifies one running relay among several sharing a broker: it prefixes
 /// connection ids and tags the liveness canary, so each relay recognises
 /// its own probe.
@@ -53,5 +71,14 @@ mod tests {
         let a = InstanceId::random();
         assert_eq!(a.as_str().len(), 8);
         assert_ne!(a, InstanceId::random());
+    }
+
+    #[test]
+    fn secret_ids_are_128_bit_hex_and_differ() {
+        let ids: std::collections::HashSet<String> = (0..100).map(|_| secret_id()).collect();
+        assert_eq!(ids.len(), 100);
+        assert!(ids
+            .iter()
+            .all(|i| i.len() == 32 && i.bytes().all(|b| b.is_ascii_hexdigit())));
     }
 }

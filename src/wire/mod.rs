@@ -54,10 +54,12 @@ impl Wire {
         event
             .frame(self.slot(), |e| match self {
                 Wire::Studio => studio::event_frame(e),
-                // The offset argument of SPEC §12 waits for Socket.IO
-                // recovery (a `pid` in CONNECT): without it a client could
-                // not use it, and would see an extra argument.
-                Wire::SocketIo => socketio::event_frame(e),
+                // With history on, the offset rides as the last argument
+                // for socket.io-client's recovery (SPEC §12).
+                Wire::SocketIo => match e.offset {
+                    Some(offset) => socketio::event_frame_with_offset(e, offset),
+                    None => socketio::event_frame(e),
+                },
             })
             .clone()
     }

@@ -335,12 +335,22 @@ fn native_change(
 pub struct ConnectAuth {
     /// `token`.
     pub token: Option<String>,
-    /// `pid` and `offset`, sent together by `socket.io-client` ≥ 4.6 to
-    /// recover a session whose CONNECT reply carried a pid.
-    pub recover: Option<(String, String)>,
+    /// `pid` and `offset`, sent by `socket.io-client` ≥ 4.6 to recover a
+    /// session whose CONNECT reply carried a pid.
+    pub recover: Option<Recover>,
     /// Subscriptions from the routing fields and `all`; empty when none
     /// were named.
     pub change: Change,
+}
+
+/// A recovery attempt in a CONNECT auth object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recover {
+    /// The pid of the session to recover.
+    pub pid: String,
+    /// The last offset the client received, as it sent it (absent when it
+    /// received no event since the pid was handed out).
+    pub offset: Option<String>,
 }
 
 /// Reads a CONNECT auth object: `token`, `pid` + `offset`, and routing
@@ -366,12 +376,20 @@ pub fn connect_auth(
             })
         }
     };
-    // The reference recovers only when both are strings, and otherwise
-    // connects afresh; so does the relay.
-    if let (Some(Value::String(pid)), Some(Value::String(offset))) =
-        (auth.get("pid"), auth.get("offset"))
-    {
-        out.recover = Some((pid.clone(), offset.clone()));
+    // The reference also needs a string offset; but a client that got no
+    // event since its pid was handed out has none to send, and the relay
+    // knows where that pid began, so a pid alone recovers too.
+    if let Some(Value::String(pid)) = auth.get("pid") {
+        out.recover = Some(Recover {
+            pid: pid.clone(),
+            offset: match auth.get("offset") {
+                Some(Value::String(o)) => Some(o.clone()),
+                None | Some(Value::Null) => None,
+                // Not an offset the relay wrote (an empty one never
+                // parses): a fresh session told about the gap.
+                Some(_) => Some(String::new()),
+            },
+        });
     }
     let asked: Map<String, Value> = auth
         .iter()
@@ -894,12 +912,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a.token.as_deref(), Some("t"));
-        assert_eq!(a.recover, Some(("p".into(), "7".into())));
+        let recover = |pid: &str, offset: Option<&str>| {
+            Some(Recover {
+                pid: pid.into(),
+                offset: offset.map(Into::into),
+            })
+        };
+        assert_eq!(a.recover, recover("p", Some("7")));
         assert_eq!(a.change.keys.len(), 3);
         assert!(a.change.all);
         assert!(!a.change.echo.contains_key("app"));
         let a = auth(r#"{"all":false,"pid":"p","offset":7}"#).unwrap();
-        assert_eq!(a, ConnectAuth::default());
+        assert_eq!(
+            a.recover,
+            recover("p", Some("")),
+            "a number is not our offset"
+        );
+        assert_eq!(a.change, Change::default());
+        let a = auth(r#"{"pid":"p"}"#).unwrap();
+        assert_eq!(a.recover, recover("p", None), "a pid alone recovers");
+        let a = auth(r#"{"pid":7,"offset":"7"}"#).unwrap();
+        assert_eq!(a.recover, None);
         assert_eq!(
             auth(r#"{"token":5}"#).unwrap_err().code,
             ErrorCode::BadRequest
@@ -1036,8 +1069,8 @@ mod tests {
         assert_eq!(Wire::SocketIo.event_frame(&e).as_str(), r#"42["n",1]"#);
         let mut e = Event::new("n", Data::Json("1".into()), Vec::new(), Instant::now());
         e.offset = Some(9);
-        // No offset argument until Socket.IO recovery hands out a pid.
-        assert_eq!(Wire::SocketIo.event_frame(&e).as_str(), r#"42["n",1]"#);
+        // With history on, the offset is the last argument.
+        assert_eq!(Wire::SocketIo.event_frame(&e).as_str(), r#"42["n",1,"9"]"#);
         assert_eq!(event_frame_with_offset(&e, 9).as_str(), r#"42["n",1,"9"]"#);
         assert_eq!(
             Wire::SocketIo.gap_frame(GapReason::RelayLagged).as_str(),

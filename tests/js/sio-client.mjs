@@ -5,7 +5,7 @@
 //   node sio-client.mjs '{"url":"http://127.0.0.1:4456","opts":{"query":{"agentId":"a1"}}}'
 //   in:  {"cmd":"emitWithAck","id":1,"name":"subscribe","args":[{"agentId":"x"}]}
 //        {"cmd":"emit","name":"…","args":[…]}  {"cmd":"engine-close"}  {"cmd":"close"}
-//   out: {"ev":"ready"} {"ev":"connect","id":…,"transport":…,"recovered":…}
+//   out: {"ev":"ready"} {"ev":"connect","id":…,"pid":…,"transport":…,"recovered":…}
 //        {"ev":"upgrade","transport":"websocket"} {"ev":"event","name":…,"args":[…]}
 //        {"ev":"ack","id":1,"args":[…]} {"ev":"connect_error","message":…,"data":…}
 //        {"ev":"disconnect","reason":…} {"ev":"reconnect_attempt","n":…}
@@ -18,7 +18,8 @@ const out = (o) => process.stdout.write(JSON.stringify(o) + "\n");
 const socket = io(url, { forceNew: true, ...opts });
 
 socket.on("connect", () =>
-  out({ ev: "connect", id: socket.id, transport: socket.io.engine.transport.name, recovered: socket.recovered }));
+  // _pid is socket.io-client's recovery id (private, read for the tests).
+  out({ ev: "connect", id: socket.id, pid: socket._pid ?? null, transport: socket.io.engine.transport.name, recovered: socket.recovered }));
 socket.io.on("open", () => {
   socket.io.engine.on("upgrade", (t) => out({ ev: "upgrade", transport: t.name }));
 });

@@ -6,6 +6,7 @@
 //! answers without a session (handshake, unknown sid, CORS preflight).
 
 pub mod packet;
+pub mod recovery;
 pub mod session;
 
 use std::collections::HashMap;
@@ -26,7 +27,7 @@ use super::http::{text, Body, Origin};
 use super::{ws, Server};
 use crate::auth;
 use crate::config::Config;
-use crate::util::id::random_u64;
+use crate::util::id::secret_id;
 use packet::{EioError, Request as EioRequest, SessionOp, Transport};
 use session::{Opening, PollAnswer, SharedState, ToSession};
 
@@ -206,7 +207,7 @@ async fn open(
         Ok(c) => c,
         Err(r) => return server.refuse(at.peer, r),
     };
-    let sid = format!("{:016x}{:016x}", random_u64(), random_u64());
+    let sid = secret_id();
     let name = server.ids.next();
     let span = tracing::info_span!("conn", id = %name, peer = %at.peer, listener = %at.listener, sid = %sid);
     let opening = Opening {

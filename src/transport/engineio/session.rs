@@ -20,17 +20,19 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::packet::{self, EioError, Packet, SessionState};
+use super::recovery::Parked;
 use super::{Sids, Ws};
 use crate::config::Unsubscribed;
 use crate::ctx::{ConnName, Permit};
 use crate::hub::queue::{ConnShared, Outbound, Signal};
-use crate::hub::Welcome;
+use crate::hub::{Restore, Resume, Welcome};
 use crate::metrics::{ListenerLabel, TransportLabel};
 use crate::session::{policy, Admitted, Session};
 use crate::transport::Server;
+use crate::util::id::secret_id;
 use crate::wire::socketio::{self, ClientPacket, Subscription};
 use crate::wire::studio::FrameError;
-use crate::wire::{close, Wire};
+use crate::wire::{close, WelcomeInfo, Wire};
 
 /// Frames taken from the hub queue per write.
 const WRITE_BATCH: usize = 64;
@@ -113,8 +115,38 @@ pub struct Opening {
 enum End {
     /// Close the websocket with this code / answer a pending poll with `1`.
     Close(u16),
-    /// Nothing more to send (the client left, or its transport broke).
+    /// Nothing more to send: the transport closed or broke, or the client
+    /// stopped answering pings. It may come back with its pid.
     Gone,
+    /// The client disconnected on purpose (`41`): nothing to recover.
+    Left,
+}
+
+impl End {
+    /// Whether the client may come back with its pid (SPEC §12), as the
+    /// reference keeps state for a lost transport, not a disconnect. A
+    /// slow consumer is kept too: its replay comes from history, not from
+    /// the queue it could not drain.
+    fn recoverable(&self) -> bool {
+        matches!(self, End::Gone | End::Close(close::SLOW))
+    }
+}
+
+/// Who the client is to Socket.IO, once connected.
+struct Identity {
+    /// The socket id of the CONNECT reply.
+    sid: String,
+    /// The recovery pid, with history on.
+    pid: Option<String>,
+    /// The history epoch and floor the pid is bound to ([`Parked`]).
+    epoch: String,
+    floor: u64,
+}
+
+/// What the hub's welcome step decided, for the session to remember.
+struct Told {
+    identity: Identity,
+    recovered: bool,
 }
 
 /// Runs a session until it ends, then removes it from `sids`.
@@ -137,6 +169,7 @@ pub async fn run(
         sid: sid.clone(),
         pending: Some(opening),
         session: None,
+        identity: None,
         rx,
         state,
         ws: None,
@@ -155,6 +188,11 @@ pub async fn run(
     d.gauge(1);
     let end = d.serve().await;
     sids.remove(&sid);
+    // Parked before anything else is observable (the close, the gauges),
+    // so a client that sees its transport end can come straight back.
+    if let (true, Some(session)) = (end.recoverable(), d.session.as_ref()) {
+        d.park(session);
+    }
     d.finish(end).await;
     d.gauge(-1);
     metrics.connections_open.get_or_create(&label).dec();
@@ -171,6 +209,8 @@ struct Driver {
     pending: Option<Opening>,
     /// After CONNECT: the relay session (hub registration, queue).
     session: Option<Session>,
+    /// After CONNECT: the socket id and recovery pid.
+    identity: Option<Identity>,
     rx: mpsc::Receiver<ToSession>,
     state: Arc<SharedState>,
     /// The websocket carrying the session, once upgraded (or from the start).
@@ -436,7 +476,7 @@ impl Driver {
                 self.on_connect(nsp, auth.as_ref()).await;
                 Ok(())
             }
-            ClientPacket::Disconnect { nsp } if nsp == socketio::MAIN_NAMESPACE => Err(End::Gone),
+            ClientPacket::Disconnect { nsp } if nsp == socketio::MAIN_NAMESPACE => Err(End::Left),
             ClientPacket::Event {
                 nsp,
                 id,
@@ -502,15 +542,60 @@ impl Driver {
             self.pending = Some(opening);
             return;
         }
-        let welcome = Welcome::fixed(socketio::connect_ok(&opening.name.text));
+        let parked = asked
+            .recover
+            .as_ref()
+            .and_then(|r| self.server.recovery.take(&r.pid));
+        let resume = asked.recover.as_ref().map(|r| {
+            let restorable = parked.as_ref().filter(|p| {
+                // The old subscriptions must still fit the (reloaded) limits.
+                let mut union = keys.clone();
+                union.extend(p.keys.iter().filter(|k| !keys.contains(k)).cloned());
+                policy::check(&Default::default(), true, &union, all || p.all, &config).is_ok()
+            });
+            // No offset: the client has had no event since the pid was
+            // first handed out, so everything after the floor is missed.
+            let offset = match r.offset.as_deref().map(str::parse::<u64>) {
+                None => Some(0),
+                Some(Ok(o)) => Some(o),
+                Some(Err(_)) => None,
+            };
+            match (restorable, offset) {
+                (Some(p), Some(offset)) => Resume {
+                    epoch: p.epoch.clone(),
+                    offset: offset.max(p.floor),
+                    restore: Some(Restore {
+                        keys: p.keys.clone(),
+                        all: p.all,
+                    }),
+                },
+                // An unknown or expired pid, or an offset that is not ours:
+                // a fresh session, told about the gap.
+                _ => Resume {
+                    epoch: String::new(),
+                    offset: 0,
+                    restore: None,
+                },
+            }
+        });
+        let restoring = resume.as_ref().and_then(|r| r.restore.clone());
+        let old = parked
+            .filter(|_| restoring.is_some())
+            .zip(asked.recover.map(|r| r.pid));
+        let (told_tx, told_rx) = oneshot::channel();
+        let fresh_sid = opening.name.text.clone();
+        let welcome = Welcome::new(move |info: &WelcomeInfo<'_>| {
+            let (told, frame) = connect_reply(info, old, fresh_sid);
+            let _ = told_tx.send(told);
+            frame
+        });
         let admitted = Admitted {
             name: opening.name.clone(),
             keys,
             all,
             token,
             permit: opening.permit,
-            // Socket.IO connection state recovery is not built yet.
-            resume: None,
+            resume,
         };
         self.session = Session::open(
             admitted,
@@ -520,6 +605,42 @@ impl Driver {
             self.server.live.clone(),
         )
         .await;
+        // The hub has queued the reply by the time it answers; it drops the
+        // sender only when it stops, and then the session is closing anyway.
+        if let (Some(session), Ok(told)) = (self.session.as_mut(), told_rx.await) {
+            if let (true, Some(restore)) = (told.recovered, restoring) {
+                tracing::debug!("Socket.IO session recovered");
+                session.restored(restore.keys, restore.all);
+            }
+            self.identity = Some(told.identity);
+        }
+    }
+
+    /// Leaves what a returning client needs under its pid (SPEC §12).
+    fn park(&self, session: &Session) {
+        let Some(Identity {
+            sid,
+            pid: Some(pid),
+            epoch,
+            floor,
+        }) = &self.identity
+        else {
+            return;
+        };
+        let config = self.server.live.get();
+        let (keys, all) = session.subscriptions();
+        self.server.recovery.park(
+            pid.clone(),
+            Parked {
+                sid: sid.clone(),
+                epoch: epoch.clone(),
+                floor: *floor,
+                keys,
+                all,
+            },
+            Duration::from_millis(config.history.ttl_ms),
+            config.limits.max_connections,
+        );
     }
 
     /// A client event: `subscribe` / `unsubscribe` change the session
@@ -635,6 +756,41 @@ impl Driver {
             .await;
         }
     }
+}
+
+/// The CONNECT reply the hub's welcome step queues: the old sid and pid when
+/// the resume succeeded, else a fresh sid (and, with history on, a fresh pid).
+fn connect_reply(
+    info: &WelcomeInfo<'_>,
+    old: Option<(Parked, String)>,
+    fresh_sid: String,
+) -> (Told, Utf8Bytes) {
+    let recovered = info.recovered == Some(true) && old.is_some();
+    let identity = match old {
+        Some((p, pid)) if recovered => Identity {
+            sid: p.sid,
+            pid: Some(pid),
+            epoch: p.epoch,
+            floor: p.floor,
+        },
+        _ => Identity {
+            sid: fresh_sid,
+            pid: info.epoch.map(|_| secret_id()),
+            epoch: info.epoch.unwrap_or_default().to_owned(),
+            floor: info.offset,
+        },
+    };
+    let frame = match &identity.pid {
+        Some(pid) => socketio::connect_ok_with_pid(&identity.sid, pid),
+        None => socketio::connect_ok(&identity.sid),
+    };
+    (
+        Told {
+            identity,
+            recovered,
+        },
+        frame,
+    )
 }
 
 async fn next_signal(control: Option<&ConnShared>) -> Signal {
