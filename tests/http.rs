@@ -291,3 +291,84 @@ async fn refusals_are_logged_at_info_and_all_of_them_are_counted() {
         1.0
     );
 }
+
+/// SPEC §3/§9 as changed: with `allowed_origins` unset only pages on this
+/// machine connect (a site the user visits cannot read the relay from
+/// their browser); `"*"` admits any; `:*` is any port. Native WebSocket
+/// and Socket.IO polling (its CORS headers) follow the same list.
+#[tokio::test]
+async fn the_default_admits_loopback_pages_only_and_star_admits_any() {
+    let redis = Redis::start().await;
+    let relay = Relay::start(&redis).await;
+    let a = relay.addr();
+    for (origin, want) in [
+        ("https://evil.example", 403),
+        ("http://localhost.evil.example", 403),
+        ("null", 403),
+        ("http://localhost:5173", 101),
+        ("http://127.0.0.1:8080", 101),
+        ("https://[::1]:3000", 101),
+        ("http://localhost", 101),
+    ] {
+        assert_eq!(ws_status(a, origin).await, want, "{origin}");
+        let r = http(
+            a,
+            "GET",
+            "/socket.io/?EIO=4&transport=polling",
+            &[("Origin", origin)],
+        )
+        .await
+        .unwrap();
+        let cors = r
+            .head
+            .to_ascii_lowercase()
+            .contains(&format!("access-control-allow-origin: {origin}"));
+        assert_eq!(
+            (r.status == 200, cors),
+            (want == 101, want == 101),
+            "{origin}: {}",
+            r.head
+        );
+    }
+    // No Origin (curl, a server, Node's socket.io-client): accepted. Each
+    // refused Origin was counted three times (two /ws tries, one poll).
+    common::Client::try_connect(a, "", &[]).await.unwrap();
+    assert_eq!(
+        relay
+            .metric("relay_handshake_rejections_total{reason=\"origin\"}")
+            .await,
+        9.0
+    );
+
+    let relay = Relay::with_extra(&redis, "[security]\nallowed_origins = [\"*\"]\n").await;
+    for origin in ["https://evil.example", "null", "http://localhost:1"] {
+        assert_eq!(ws_status(relay.addr(), origin).await, 101, "{origin}");
+    }
+    let relay = Relay::with_extra(
+        &redis,
+        "[security]\nallowed_origins = [\"https://studio.example:*\"]\n",
+    )
+    .await;
+    for (origin, want) in [
+        ("https://studio.example:8443", 101),
+        ("https://studio.example", 101),
+        ("http://studio.example:8443", 403),
+        ("http://localhost:5173", 403),
+    ] {
+        assert_eq!(ws_status(relay.addr(), origin).await, want, "{origin}");
+    }
+}
+
+/// 101 when a WebSocket from `origin` opens, else the refusal's status.
+async fn ws_status(a: std::net::SocketAddr, origin: &'static str) -> u16 {
+    if common::Client::try_connect(a, "", &[("Origin", origin)])
+        .await
+        .is_ok()
+    {
+        return 101;
+    }
+    http(a, "GET", "/ws", &with(&[("Origin", origin)]))
+        .await
+        .unwrap()
+        .status
+}

@@ -294,9 +294,16 @@ async fn reload_applies_origins_limits_and_log_level_at_once_and_defers_redis_an
     )
     .await;
     let b_origin = [("Origin", "https://b.example")];
-    Client::try_connect(relay.addr(), "", &b_origin)
+    let local = [("Origin", "http://localhost:5173")];
+    assert!(
+        Client::try_connect(relay.addr(), "", &b_origin)
+            .await
+            .is_err(),
+        "the default admits loopback pages only"
+    );
+    Client::try_connect(relay.addr(), "", &local)
         .await
-        .expect("any Origin before the reload");
+        .expect("a loopback page before the reload");
     let mut c = relay.client("").await;
     c.subscribe(json!({"agentId": "one"})).await;
     let quiet_until = relay.log_len();
@@ -325,10 +332,12 @@ async fn reload_applies_origins_limits_and_log_level_at_once_and_defers_redis_an
 
     // Origins: the next handshake.
     let err = Client::try_connect(relay.addr(), "", &b_origin).await;
-    assert!(err.is_err(), "https://b.example is no longer allowed");
+    assert!(err.is_err(), "https://b.example is still not allowed");
     Client::try_connect(relay.addr(), "", &[("Origin", "https://a.example")])
         .await
         .unwrap();
+    let err = Client::try_connect(relay.addr(), "", &local).await;
+    assert!(err.is_err(), "the list replaced the default");
     // max_subscriptions: the next subscribe (held ones stay).
     c.send_json(json!({"type": "subscribe", "agentId": "two"}))
         .await;

@@ -30,15 +30,50 @@ pub fn bearer(header: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// SPEC §9: no `Origin` header is accepted; otherwise, with a non-empty
-/// list, the Origin must equal an entry (scheme and host are
-/// case-insensitive, as browsers serialise them in lower case anyway).
+/// The default of `security.allowed_origins` (SPEC §3): pages served from
+/// this machine, on any port. A website the user visits cannot open the
+/// relay from their browser, though the browser runs on the relay's host.
+pub const LOOPBACK_ORIGINS: [&str; 6] = [
+    "http://localhost:*",
+    "http://127.0.0.1:*",
+    "http://[::1]:*",
+    "https://localhost:*",
+    "https://127.0.0.1:*",
+    "https://[::1]:*",
+];
+
+/// SPEC §9: no `Origin` header is accepted (browsers always send one, CLI
+/// clients do not); otherwise the Origin must match an entry of `allowed`
+/// ([`origin_matches`]). An empty list admits no browser page.
 pub fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
     match origin {
         None => true,
-        Some(_) if allowed.is_empty() => true,
-        Some(o) => allowed.iter().any(|a| a.eq_ignore_ascii_case(o.trim())),
+        Some(o) => allowed.iter().any(|a| origin_matches(a, o.trim())),
     }
+}
+
+/// One `allowed_origins` entry against an Origin: `"*"` matches any; an
+/// entry ending in `:*` matches its scheme and host with any port or none
+/// (browsers leave out the scheme's default port); otherwise the two are
+/// equal. Scheme and host are compared ignoring ASCII case, as browsers
+/// serialise them in lower case anyway.
+pub fn origin_matches(entry: &str, origin: &str) -> bool {
+    if entry == "*" {
+        return true;
+    }
+    let Some(base) = entry.strip_suffix(":*") else {
+        return entry.eq_ignore_ascii_case(origin);
+    };
+    let same_base = origin
+        .get(..base.len())
+        .is_some_and(|o| o.eq_ignore_ascii_case(base));
+    let Some(rest) = origin.get(base.len()..).filter(|_| same_base) else {
+        return false;
+    };
+    rest.is_empty()
+        || rest
+            .strip_prefix(':')
+            .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -78,6 +113,44 @@ mod tests {
             &allowed
         ));
         assert!(!origin_allowed(Some("http://localhost:3001"), &allowed));
-        assert!(origin_allowed(Some("https://any"), &[]));
+        assert!(
+            !origin_allowed(Some("https://any"), &[]),
+            "empty admits no page"
+        );
+        assert!(origin_allowed(None, &[]));
+        assert!(origin_allowed(Some("https://any"), &["*".into()]));
+        assert!(origin_allowed(Some("null"), &["*".into()]));
+    }
+
+    #[test]
+    fn the_loopback_default_and_port_wildcards() {
+        let d: Vec<String> = LOOPBACK_ORIGINS.iter().map(|s| s.to_string()).collect();
+        for ok in [
+            "http://localhost:5173",
+            "http://localhost",
+            "https://127.0.0.1:8443",
+            "http://[::1]:3000",
+            "http://[::1]",
+            "HTTP://LOCALHOST:1",
+        ] {
+            assert!(origin_allowed(Some(ok), &d), "{ok}");
+        }
+        for bad in [
+            "https://evil.example",
+            "http://localhost.evil.example",
+            "http://localhost.:80",
+            "http://127.0.0.1.nip.io:80",
+            "http://localhost:",
+            "http://localhost:80x",
+            "http://localhost:123456",
+            "null",
+            "ws://localhost:1",
+            "",
+        ] {
+            assert!(!origin_allowed(Some(bad), &d), "{bad}");
+        }
+        // A multi-byte origin never slices inside a character.
+        assert!(!origin_matches("http://é:*", "http://"));
+        assert!(!origin_matches("http://a:*", "http://ééé"));
     }
 }
