@@ -310,6 +310,9 @@ async fn wss_and_https_serve_every_route() {
         metrics.contains("relay_handshake_rejections_total{reason=\"tls\"} 0"),
         "{metrics}"
     );
+    // HTTP/1.1 is the only protocol: a client that offers only h2 is refused.
+    let h2_only = client_config(&ca.pem, false, &[b"h2"]);
+    assert!(tls_connect_with(tls, h2_only, "localhost").await.is_err());
     assert_eq!(https_get(tls, &ca.pem, "/nope").await.0, 404);
 
     // wss:// /ws: the welcome, then an event published on Redis.
