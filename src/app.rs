@@ -1,7 +1,8 @@
 //! Wiring: takes the listeners, starts the hub, the sources and one accept
 //! loop per listener, and drains them on shutdown within the grace
 //! deadline. Every task is tracked, so nothing outlives [`Relay::run`].
-//! Also the SIGHUP [`Reloader`].
+//! Also the SIGHUP [`Reloader`], and the task that re-reads TLS listeners'
+//! certificates after each reload.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::ctx::{Admission, ConnIds, Health, Live};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::metrics::SourceLabel;
+use crate::net::tls::TlsListener;
 use crate::net::{self, StartError};
 use crate::source::{self, Source, SourceCtx};
 use crate::transport::{self, Server};
@@ -25,9 +27,17 @@ use crate::util::id::InstanceId;
 /// Buffer between the sources and the hub, in events.
 const INGEST_QUEUE: usize = 8192;
 
+/// A listener to serve: its socket, address, and TLS pair (with the index
+/// of its `[[listeners]]` entry, where reloads find the pair's paths).
+struct Serving {
+    socket: TcpListener,
+    addr: SocketAddr,
+    tls: Option<(usize, Arc<TlsListener>)>,
+}
+
 /// A relay with its listeners bound, ready to [`run`](Relay::run).
 pub struct Relay {
-    listeners: Vec<(TcpListener, SocketAddr)>,
+    listeners: Vec<Serving>,
     live_tx: watch::Sender<Arc<Config>>,
     metrics: Arc<Metrics>,
     sources: Option<Vec<Box<dyn Source>>>,
@@ -42,19 +52,55 @@ impl Relay {
 
     /// Like [`bind`](Relay::bind), but a configured listener whose address
     /// matches a socket passed by the service manager uses that socket
-    /// instead of binding (see [`net::activation::plan`]). Must run inside
-    /// the runtime.
+    /// instead of binding (see [`net::activation::plan`]); it speaks TLS when
+    /// that entry has a pair. Must run inside the runtime.
     pub async fn bind_activated(
         config: Config,
         inherited: Vec<(std::net::TcpListener, SocketAddr)>,
     ) -> Result<Relay, StartError> {
         let explicit = !config.listeners.is_empty();
-        let listeners = net::listeners(&config.effective_listeners(), explicit, inherited)?;
-        Ok(Relay::with_listeners(config, listeners))
+        let bound = net::listeners(&config.effective_listeners(), explicit, inherited)?;
+        let mut listeners = Vec::with_capacity(bound.len());
+        for l in bound {
+            let entry = l
+                .config
+                .and_then(|i| config.listeners.get(i).map(|c| (i, c)));
+            let tls = match entry {
+                Some((i, c)) if c.is_tls() => {
+                    let slot = TlsListener::load(&c.tls_cert, &c.tls_key).map_err(|error| {
+                        StartError::Tls {
+                            addr: c.bind,
+                            error,
+                        }
+                    })?;
+                    Some((i, Arc::new(slot)))
+                }
+                _ => None,
+            };
+            listeners.push(Serving {
+                socket: l.socket,
+                addr: l.addr,
+                tls,
+            });
+        }
+        Ok(Relay::new(config, listeners))
     }
 
-    /// Uses already-bound listeners (socket activation, tests).
+    /// Uses already-bound listeners (tests); they serve plain HTTP, whatever
+    /// TLS the config names.
     pub fn with_listeners(config: Config, listeners: Vec<(TcpListener, SocketAddr)>) -> Relay {
+        let listeners = listeners
+            .into_iter()
+            .map(|(socket, addr)| Serving {
+                socket,
+                addr,
+                tls: None,
+            })
+            .collect();
+        Relay::new(config, listeners)
+    }
+
+    fn new(config: Config, listeners: Vec<Serving>) -> Relay {
         let (live_tx, _) = watch::channel(Arc::new(config));
         Relay {
             listeners,
@@ -73,7 +119,7 @@ impl Relay {
 
     /// The bound addresses, in config order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().map(|(_, a)| *a).collect()
+        self.listeners.iter().map(|l| l.addr).collect()
     }
 
     /// Publishes a new live configuration (after validation by the caller).
@@ -131,16 +177,42 @@ impl Relay {
         let publisher = server.clone();
         let stop = shutdown.clone();
         core.spawn(async move { publisher.publish.run(stop).await });
-        for (listener, addr) in self.listeners {
+        let mut reloadable = Vec::new();
+        for Serving { socket, addr, tls } in self.listeners {
             let name: Arc<str> = Arc::from(addr.to_string());
             self.metrics.add_listener(&name);
             // Where to point a client, not only the socket address.
+            let (ws, http) = match tls {
+                Some(_) => ("wss", "https"),
+                None => ("ws", "http"),
+            };
             let socketio = match config.socketio.enabled {
-                true => format!("http://{addr}{}", config.socketio.path),
+                true => format!("{http}://{addr}{}", config.socketio.path),
                 false => "off".to_owned(),
             };
-            tracing::info!(addr = %addr, url = %format!("ws://{addr}/ws"), socketio = %socketio, "listening");
-            core.spawn(transport::http::serve(listener, name, server.clone()));
+            let cert = tls
+                .as_ref()
+                .and_then(|(i, _)| config.listeners.get(*i))
+                .map_or("", |c| c.tls_cert.as_str());
+            tracing::info!(addr = %addr, url = %format!("{ws}://{addr}/ws"), socketio = %socketio, tls = tls.is_some(), cert, "listening");
+            let acceptor = tls.map(|(i, slot)| {
+                self.metrics.add_tls_listener();
+                reloadable.push((i, name.clone(), slot.clone()));
+                slot
+            });
+            core.spawn(transport::http::serve(
+                socket,
+                name,
+                server.clone(),
+                acceptor,
+            ));
+        }
+        if !reloadable.is_empty() {
+            core.spawn(reload_certificates(
+                live.watch(),
+                reloadable,
+                shutdown.clone(),
+            ));
         }
         core.close();
 
@@ -166,6 +238,39 @@ impl Relay {
                 remaining = server.tasks.len(),
                 "drain deadline passed; dropping remaining connections"
             );
+        }
+    }
+}
+
+/// After every applied reload, re-reads each TLS listener's pair from the
+/// paths the new config names: new handshakes use the new pair, and one that
+/// does not load is logged and the old pair kept (SPEC §14). The reload
+/// itself already refused a file whose pairs did not load; this catches
+/// files changed in between.
+async fn reload_certificates(
+    mut live: watch::Receiver<Arc<Config>>,
+    listeners: Vec<(usize, Arc<str>, Arc<TlsListener>)>,
+    shutdown: CancellationToken,
+) {
+    live.borrow_and_update();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = live.changed() => if changed.is_err() { return },
+        }
+        let config = live.borrow_and_update().clone();
+        for (index, name, slot) in &listeners {
+            let Some(entry) = config.listeners.get(*index).filter(|c| c.is_tls()) else {
+                continue;
+            };
+            match slot.reload(&entry.tls_cert, &entry.tls_key) {
+                Ok(()) => {
+                    tracing::info!(listener = %name, cert = %entry.tls_cert, "tls certificate reloaded")
+                }
+                Err(e) => {
+                    tracing::error!(listener = %name, error = %e, "tls certificate reload failed; keeping the previous one")
+                }
+            }
         }
     }
 }
@@ -242,7 +347,12 @@ impl Reloader {
         for key in &restart_needed {
             tracing::warn!(key, "changed in the file; needs a restart to apply");
         }
-        next.listeners = current.listeners.clone();
+        // The sockets stay as bound; only when each listener keeps its
+        // address and its TLS-or-not may the file's TLS paths apply (the
+        // pairs are re-read by the relay on every reload, SPEC §14).
+        if restart_needed.contains(&"listeners") {
+            next.listeners = current.listeners.clone();
+        }
         next.redis = current.redis.clone();
         next.nats = current.nats.clone();
         next.log.format = current.log.format;

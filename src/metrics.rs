@@ -52,6 +52,12 @@ pub struct ResultLabel {
 
 /// Handshake refusal reasons, in SPEC §9's refusal order.
 pub const REJECT_REASONS: [&str; 4] = ["bad_request", "origin", "unauthorized", "capacity"];
+
+/// `relay_handshake_rejections_total` reason for a TLS handshake that failed
+/// on a TLS listener (plain HTTP sent to it, no ClientHello within
+/// `handshake_timeout_ms`, the client refusing the certificate…).
+pub const TLS_REJECT_REASON: &str = "tls";
+
 /// Invalid payload kinds: dropped (not UTF-8), delivered as a string (not
 /// JSON); Socket.IO adapter messages dropped as malformed (`bad_msgpack`),
 /// for another namespace or not an event.
@@ -268,6 +274,14 @@ impl Metrics {
         };
         let _ = self.connections_open.get_or_create(&label);
         let _ = self.connections_accepted.get_or_create(&label);
+    }
+
+    /// Makes `relay_handshake_rejections_total{reason="tls"}` visible at 0;
+    /// called for each TLS listener, so plain-only relays do not show it.
+    pub fn add_tls_listener(&self) {
+        let _ = self.handshake_rejections.get_or_create(&ReasonLabel {
+            reason: TLS_REJECT_REASON,
+        });
     }
 
     /// Counts a refused handshake.

@@ -1,5 +1,7 @@
 //! `[[listeners]]`: the addresses to bind, with errors that say what is
-//! wrong with an address rather than only that it does not parse.
+//! wrong with an address rather than only that it does not parse, and each
+//! listener's TLS certificate and key (SPEC §14), loaded here so `--check`
+//! and a reload refuse a pair that would not serve.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -8,6 +10,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::{Checked, Invalid};
+use crate::net::tls::{self, TlsError};
 
 /// Default listener when the file configures none.
 pub const DEFAULT_BIND: &str = "127.0.0.1:4456";
@@ -22,9 +25,34 @@ pub struct ListenerConfig {
     /// Address to bind, `IP:PORT`.
     #[serde(deserialize_with = "deserialize_bind")]
     pub bind: SocketAddr,
+    /// PEM certificate chain (leaf first); with `tls_key`, the port speaks
+    /// TLS only. `""` = plain.
+    #[serde(default)]
+    pub tls_cert: String,
+    /// PEM private key of `tls_cert`'s leaf. `""` = plain.
+    #[serde(default)]
+    pub tls_key: String,
 }
 
-/// Ports 0 (any free port) aside, no address may be bound twice.
+impl ListenerConfig {
+    /// A plain listener on `bind`.
+    pub fn plain(bind: SocketAddr) -> Self {
+        ListenerConfig {
+            bind,
+            tls_cert: String::new(),
+            tls_key: String::new(),
+        }
+    }
+
+    /// True when this port speaks TLS (both files named; `validate` refuses
+    /// one without the other).
+    pub fn is_tls(&self) -> bool {
+        !self.tls_cert.is_empty() && !self.tls_key.is_empty()
+    }
+}
+
+/// Ports 0 (any free port) aside, no address may be bound twice; a TLS
+/// pair is complete and loads.
 pub(super) fn validate(listeners: &[ListenerConfig]) -> Checked {
     let mut seen = Vec::new();
     for (i, l) in listeners.iter().enumerate() {
@@ -36,8 +64,38 @@ pub(super) fn validate(listeners: &[ListenerConfig]) -> Checked {
             ));
         }
         seen.push(l.bind);
+        validate_tls(i, l)?;
     }
     Ok(Vec::new())
+}
+
+/// Names the missing half of a pair, or the file that does not load.
+fn validate_tls(i: usize, l: &ListenerConfig) -> Result<(), Invalid> {
+    match (l.tls_cert.is_empty(), l.tls_key.is_empty()) {
+        (true, true) => return Ok(()),
+        (false, true) => {
+            return Err(Invalid::new(
+                format!("listeners[{i}].tls_key"),
+                "tls_cert is set without tls_key: set both (TLS on this port) or neither",
+            ))
+        }
+        (true, false) => {
+            return Err(Invalid::new(
+                format!("listeners[{i}].tls_cert"),
+                "tls_key is set without tls_cert: set both (TLS on this port) or neither",
+            ))
+        }
+        (false, false) => {}
+    }
+    tls::server_config(&l.tls_cert, &l.tls_key)
+        .map(drop)
+        .map_err(|e| {
+            let key = match e {
+                TlsError::Cert(_) => "tls_cert",
+                TlsError::Key(_) | TlsError::Mismatch { .. } => "tls_key",
+            };
+            Invalid::new(format!("listeners[{i}].{key}"), e.to_string())
+        })
 }
 
 // std's parser has one message for every mistake; parsing the string here
@@ -248,6 +306,111 @@ mod tests {
         for bind in ["127.0.0.1:4456", "0.0.0.0:0", "[::1]:9311", "[::]:65535"] {
             assert_eq!(parse_bind(bind), Ok(bind.parse().unwrap()), "{bind}");
         }
+    }
+
+    /// A self-signed pair in the temp dir, and a key that is not its own.
+    fn pair(tag: &str) -> (String, String, String, impl Drop) {
+        struct Cleanup(Vec<std::path::PathBuf>);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                for p in &self.0 {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+        let base = std::env::temp_dir().join(format!(
+            "studio-relay-listener-{tag}-{}-{}",
+            std::process::id(),
+            crate::util::id::random_u64()
+        ));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let paths: Vec<_> = ["pem", "key", "other.key"]
+            .iter()
+            .map(|ext| base.with_extension(ext))
+            .collect();
+        std::fs::write(&paths[0], cert.pem()).unwrap();
+        std::fs::write(&paths[1], key.serialize_pem()).unwrap();
+        std::fs::write(
+            &paths[2],
+            rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        )
+        .unwrap();
+        let s = |i: usize| paths[i].to_str().unwrap().to_owned();
+        let out = (s(0), s(1), s(2));
+        (out.0, out.1, out.2, Cleanup(paths))
+    }
+
+    #[test]
+    fn a_tls_pair_loads_and_marks_the_listener() {
+        let (cert, key, _, _files) = pair("ok");
+        let l = parse(&format!(
+            "[[listeners]]\nbind = \"127.0.0.1:1\"\n[[listeners]]\nbind = \"127.0.0.1:2\"\ntls_cert = {cert:?}\ntls_key = {key:?}\n"
+        ))
+        .unwrap();
+        let tls: Vec<bool> = l.config.listeners.iter().map(|l| l.is_tls()).collect();
+        assert_eq!(tls, vec![false, true]);
+        assert!(
+            l.config.summary().contains("127.0.0.1:2 (tls)"),
+            "{}",
+            l.config.summary()
+        );
+    }
+
+    #[test]
+    fn half_a_pair_names_the_missing_key() {
+        let e =
+            parse("[[listeners]]\nbind = \"127.0.0.1:1\"\ntls_cert = \"/c.pem\"\n").unwrap_err();
+        assert_eq!(e.key, "listeners[0].tls_key");
+        assert!(e.message.contains("without tls_key"), "{e}");
+        let e = parse("[[listeners]]\nbind = \"127.0.0.1:1\"\ntls_key = \"/k.pem\"\n").unwrap_err();
+        assert_eq!(e.key, "listeners[0].tls_cert");
+    }
+
+    #[test]
+    fn a_pair_that_does_not_load_names_the_file_at_its_key() {
+        let (cert, key, other, _files) = pair("bad");
+        let text = |c: &str, k: &str| {
+            format!("[[listeners]]\nbind = \"127.0.0.1:1\"\ntls_cert = {c:?}\ntls_key = {k:?}\n")
+        };
+        let e = parse(&text("/nonexistent/c.pem", &key)).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("listeners[0].tls_cert", 3));
+        assert!(e.message.starts_with("/nonexistent/c.pem: "), "{e}");
+        let e = parse(&text(&cert, "/nonexistent/k.pem")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("listeners[0].tls_key", 4));
+        assert!(e.message.starts_with("/nonexistent/k.pem: "), "{e}");
+        let e = parse(&text(&cert, &other)).unwrap_err();
+        assert_eq!(e.key, "listeners[0].tls_key");
+        assert!(
+            e.message
+                .starts_with(&format!("{other}: private key does not match")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn turning_tls_on_needs_a_restart_but_new_paths_do_not() {
+        let (cert, key, _, _files) = pair("shape");
+        let plain = parse("[[listeners]]\nbind = \"127.0.0.1:1\"\n")
+            .unwrap()
+            .config;
+        let tls_text = format!(
+            "[[listeners]]\nbind = \"127.0.0.1:1\"\ntls_cert = {cert:?}\ntls_key = {key:?}\n"
+        );
+        let tls = parse(&tls_text).unwrap().config;
+        assert_eq!(plain.restart_only_changes(&tls), vec!["listeners"]);
+        let mut moved = tls.clone();
+        moved.listeners[0].tls_cert = "/elsewhere/cert.pem".into();
+        assert!(tls.restart_only_changes(&moved).is_empty());
+        // No [[listeners]] is the same as the default listener, plain.
+        let none = parse("").unwrap().config;
+        let default = parse("[[listeners]]\nbind = \"127.0.0.1:4456\"\n")
+            .unwrap()
+            .config;
+        assert!(none.restart_only_changes(&default).is_empty());
     }
 
     #[test]

@@ -246,6 +246,17 @@ impl Config {
         }
     }
 
+    /// Each effective listener's address and whether it speaks TLS: what a
+    /// reload cannot change without a restart (the paths of a TLS pair it
+    /// can, SPEC §14).
+    pub fn listener_shape(&self) -> Vec<(SocketAddr, bool)> {
+        self.effective_listeners()
+            .into_iter()
+            .enumerate()
+            .map(|(i, addr)| (addr, self.listeners.get(i).is_some_and(|l| l.is_tls())))
+            .collect()
+    }
+
     /// The fields clients may subscribe by: `routing.fields`, plus
     /// [`ROOM_FIELD`](crate::event::ROOM_FIELD) while the Socket.IO adapter
     /// source is on (its rooms route by it, SPEC §10).
@@ -286,9 +297,12 @@ impl Config {
     /// One-line summary for `--check` and the start log line.
     pub fn summary(&self) -> String {
         let listeners: Vec<String> = self
-            .effective_listeners()
+            .listener_shape()
             .iter()
-            .map(ToString::to_string)
+            .map(|(addr, tls)| match tls {
+                true => format!("{addr} (tls)"),
+                false => addr.to_string(),
+            })
             .collect();
         format!(
             "listeners [{}], redis {}, patterns {:?}, routing {:?}, firehose {}, {} token(s), {} origin(s), max_connections {}{}",
@@ -307,7 +321,7 @@ impl Config {
     /// Keys whose change is ignored until restart, as dotted names.
     pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
         let mut changed = Vec::new();
-        if self.effective_listeners() != new.effective_listeners() {
+        if self.listener_shape() != new.listener_shape() {
             changed.push("listeners");
         }
         if self.redis != new.redis {

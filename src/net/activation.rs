@@ -54,11 +54,13 @@ pub fn tcp_listener(
 /// Where each listener comes from.
 #[derive(Debug)]
 pub struct Plan {
-    /// Configured addresses to bind ourselves, in config order.
-    pub bind: Vec<SocketAddr>,
-    /// Inherited sockets to serve, with their addresses, configured ones
-    /// first (in config order), then any the config does not name.
-    pub inherited: Vec<(TcpListener, SocketAddr)>,
+    /// Configured addresses to bind ourselves, with their index in the
+    /// configured list, in config order.
+    pub bind: Vec<(usize, SocketAddr)>,
+    /// Inherited sockets to serve, with their addresses and the index of
+    /// the configured listener they stand for (`None`: the config does not
+    /// name it), configured ones first (in config order), then the rest.
+    pub inherited: Vec<(TcpListener, SocketAddr, Option<usize>)>,
     /// Addresses of inherited sockets that no `[[listeners]]` entry names.
     pub unconfigured: Vec<SocketAddr>,
 }
@@ -72,7 +74,8 @@ pub struct Plan {
 /// 127.0.0.1:4456 beside a systemd-held `0.0.0.0:4456` would fail anyway.
 /// Inherited sockets the config does not name are served too (a socket unit
 /// that systemd keeps listening on but nobody accepts from would hang its
-/// clients); the caller logs them.
+/// clients); the caller logs them. The index kept with each socket is how
+/// the caller finds the entry's other settings (its TLS pair).
 pub fn plan(
     configured: &[SocketAddr],
     explicit: bool,
@@ -85,14 +88,14 @@ pub fn plan(
         unconfigured: Vec::new(),
     };
     if explicit || pool.is_empty() {
-        for addr in configured {
+        for (index, addr) in configured.iter().enumerate() {
             let found = pool
                 .iter_mut()
                 .find(|slot| slot.as_ref().is_some_and(|(_, a)| a == addr))
                 .and_then(Option::take);
             match found {
-                Some(pair) => plan.inherited.push(pair),
-                None => plan.bind.push(*addr),
+                Some((l, a)) => plan.inherited.push((l, a, Some(index))),
+                None => plan.bind.push((index, *addr)),
             }
         }
     }
@@ -100,7 +103,7 @@ pub fn plan(
         if explicit {
             plan.unconfigured.push(addr);
         }
-        plan.inherited.push((l, addr));
+        plan.inherited.push((l, addr, None));
     }
     plan
 }
@@ -121,9 +124,14 @@ mod tests {
         let (lc, c) = listener();
         let b: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let p = plan(&[b, a], true, vec![(lc, c), (la, a)]);
-        assert_eq!(p.bind, vec![b]);
-        let got: Vec<SocketAddr> = p.inherited.iter().map(|(_, a)| *a).collect();
-        assert_eq!(got, vec![a, c], "configured first, then unconfigured");
+        assert_eq!(p.bind, vec![(0, b)]);
+        let got: Vec<(SocketAddr, Option<usize>)> =
+            p.inherited.iter().map(|(_, a, i)| (*a, *i)).collect();
+        assert_eq!(
+            got,
+            vec![(a, Some(1)), (c, None)],
+            "configured first (with their config index), then unconfigured"
+        );
         assert_eq!(p.unconfigured, vec![c]);
     }
 
@@ -134,7 +142,7 @@ mod tests {
         let p = plan(&[default], false, vec![(la, a)]);
         assert!(p.bind.is_empty());
         assert_eq!(p.inherited.len(), 1);
-        assert_eq!(p.inherited[0].1, a);
+        assert_eq!((p.inherited[0].1, p.inherited[0].2), (a, None));
         assert!(p.unconfigured.is_empty());
     }
 
@@ -142,7 +150,7 @@ mod tests {
     fn nothing_inherited_binds_everything() {
         let a: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let p = plan(&[a], false, Vec::new());
-        assert_eq!(p.bind, vec![a]);
+        assert_eq!(p.bind, vec![(0, a)]);
         assert!(p.inherited.is_empty());
     }
 

@@ -1,7 +1,9 @@
 //! Listening sockets: binding the configured addresses, or taking the
-//! ones systemd passed ([`activation`]).
+//! ones systemd passed ([`activation`]), and the TLS pair of a listener
+//! that has one ([`tls`]).
 
 pub mod activation;
+pub mod tls;
 
 use std::net::SocketAddr;
 
@@ -32,6 +34,27 @@ pub enum StartError {
         /// The OS error.
         error: std::io::Error,
     },
+    /// A listener's TLS pair no longer loads (it did when the config was
+    /// checked a moment before: the files changed in between).
+    #[error("cannot load the TLS certificate for listener {addr}: {error}")]
+    Tls {
+        /// The configured address.
+        addr: SocketAddr,
+        /// What is wrong with the pair.
+        error: tls::TlsError,
+    },
+}
+
+/// One listening socket ready to serve.
+#[derive(Debug)]
+pub struct Listener {
+    /// The socket.
+    pub socket: TcpListener,
+    /// Its bound address (port 0 resolved).
+    pub addr: SocketAddr,
+    /// Index of the `[[listeners]]` entry it serves (`None`: a socket
+    /// passed by systemd that the config does not name, served plain).
+    pub config: Option<usize>,
 }
 
 fn bind_hint(e: &std::io::Error) -> &'static str {
@@ -64,15 +87,16 @@ pub fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
 
 /// The listeners for `configured` addresses: inherited sockets replace the
 /// ones with the same address (see [`activation::plan`]), the rest are
-/// bound. Must run inside the runtime.
+/// bound. Each keeps the index of its configured entry. Must run inside the
+/// runtime.
 pub fn listeners(
     configured: &[SocketAddr],
     explicit: bool,
     inherited: Vec<(std::net::TcpListener, SocketAddr)>,
-) -> Result<Vec<(TcpListener, SocketAddr)>, StartError> {
+) -> Result<Vec<Listener>, StartError> {
     let plan = activation::plan(configured, explicit, inherited);
     let mut out = Vec::new();
-    for (std_listener, addr) in plan.inherited {
+    for (std_listener, addr, config) in plan.inherited {
         let listener = std_listener
             .set_nonblocking(true)
             .and_then(|()| TcpListener::from_std(std_listener))
@@ -82,10 +106,19 @@ pub fn listeners(
         } else {
             tracing::info!(addr = %addr, "using socket passed by systemd");
         }
-        out.push((listener, addr));
+        out.push(Listener {
+            socket: listener,
+            addr,
+            config,
+        });
     }
-    for addr in plan.bind {
-        out.push(bind(addr)?);
+    for (index, addr) in plan.bind {
+        let (socket, addr) = bind(addr)?;
+        out.push(Listener {
+            socket,
+            addr,
+            config: Some(index),
+        });
     }
     Ok(out)
 }

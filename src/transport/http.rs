@@ -1,6 +1,8 @@
 //! One HTTP server per listener port: the accept loop and async routes —
 //! `/ws`, `/healthz`, `/metrics`, `/publish`, 404 and 405. Routes are async, so a
-//! handler can read a body or hold a long-poll open.
+//! handler can read a body or hold a long-poll open. On a TLS listener each
+//! connection's task does the TLS handshake first, then serves the same
+//! routes over the encrypted stream.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,11 +16,14 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::handshake::Refused;
 use super::{ws, Server};
 use crate::config::PUBLISH_PATH;
+use crate::metrics::TLS_REJECT_REASON;
+use crate::net::tls::TlsListener;
 use crate::util::backoff::Backoff;
 
 /// First pause after a failed `accept` (e.g. out of file descriptors).
@@ -42,8 +47,15 @@ pub struct Origin {
     pub listener: Arc<str>,
 }
 
-/// Accepts on `listener` until shutdown; each TCP connection gets its own task.
-pub async fn serve(listener: TcpListener, name: Arc<str>, server: Arc<Server>) {
+/// Accepts on `listener` until shutdown; each TCP connection gets its own
+/// task. With `tls`, that task does the TLS handshake (never this loop, so a
+/// client that stalls its handshake delays no other).
+pub async fn serve(
+    listener: TcpListener,
+    name: Arc<str>,
+    server: Arc<Server>,
+    tls: Option<Arc<TlsListener>>,
+) {
     let mut backoff = Backoff::new(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
     loop {
         let accepted = tokio::select! {
@@ -59,7 +71,16 @@ pub async fn serve(listener: TcpListener, name: Arc<str>, server: Arc<Server>) {
                     peer,
                     listener: name.clone(),
                 };
-                server.tasks.spawn(serve_http(stream, at, server.clone()));
+                match &tls {
+                    Some(tls) => {
+                        server
+                            .tasks
+                            .spawn(serve_tls(stream, at, server.clone(), tls.clone()));
+                    }
+                    None => {
+                        server.tasks.spawn(serve_http(stream, at, server.clone()));
+                    }
+                }
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -74,7 +95,33 @@ pub async fn serve(listener: TcpListener, name: Arc<str>, server: Arc<Server>) {
     tracing::debug!(listener = %name, "listener closed");
 }
 
-async fn serve_http(stream: TcpStream, at: Origin, server: Arc<Server>) {
+/// The TLS handshake, bounded by `handshake_timeout_ms`, then HTTP over it.
+/// A failed handshake (plain HTTP sent to the port, a client that never
+/// sends its ClientHello, one that refuses the certificate) closes the
+/// connection, logged at debug (clients can cause it at will) and counted
+/// as a `tls` handshake rejection.
+async fn serve_tls(stream: TcpStream, at: Origin, server: Arc<Server>, tls: Arc<TlsListener>) {
+    let handshake_timeout = Duration::from_millis(server.live.get().limits.handshake_timeout_ms);
+    // The pair in force when the connection arrived; a reload during the
+    // handshake does not change it.
+    let acceptor = tls.acceptor();
+    let accepted = tokio::select! {
+        r = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)) => r,
+        _ = server.shutdown.cancelled() => return,
+    };
+    let why = match accepted {
+        Ok(Ok(stream)) => return serve_http(stream, at, server).await,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_owned(),
+    };
+    server.metrics.reject(TLS_REJECT_REASON);
+    tracing::debug!(peer = %at.peer, listener = %at.listener, error = %why, "tls handshake failed");
+}
+
+async fn serve_http<S>(stream: S, at: Origin, server: Arc<Server>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let handshake_timeout = Duration::from_millis(server.live.get().limits.handshake_timeout_ms);
     let peer = at.peer;
     let service = {

@@ -32,6 +32,9 @@ pub struct Relay {
 /// Options for [`Relay::start_with`].
 pub struct RelayOpts {
     pub listeners: usize,
+    /// Extra keys for each `[[listeners]]` table, by position (e.g. a TLS
+    /// listener's `tls_cert` / `tls_key`); part of `base_config`.
+    pub listener_keys: Vec<String>,
     /// Extra TOML appended after `[redis]` url and the listeners; must only
     /// add whole sections (and may add `[redis]` keys via `redis_extra`).
     pub extra: String,
@@ -48,6 +51,7 @@ impl Default for RelayOpts {
     fn default() -> Self {
         RelayOpts {
             listeners: 2,
+            listener_keys: Vec::new(),
             extra: String::new(),
             redis_extra: "liveness_interval_ms = 200\nliveness_timeout_ms = 1000\n".into(),
             env: Vec::new(),
@@ -85,8 +89,11 @@ impl Relay {
     pub async fn start_with(redis_url: &str, opts: RelayOpts) -> Relay {
         let dir = TempDir::new();
         let mut toml = format!("[redis]\nurl = \"{redis_url}\"\n{}\n", opts.redis_extra);
-        for _ in 0..opts.listeners {
+        for i in 0..opts.listeners {
             toml.push_str("[[listeners]]\nbind = \"127.0.0.1:0\"\n");
+            if let Some(keys) = opts.listener_keys.get(i) {
+                toml.push_str(keys);
+            }
         }
         let base_config = toml.clone();
         toml.push_str(&log_section(&opts.log_level));
