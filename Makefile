@@ -48,9 +48,12 @@ demo:
 	$(RUN_BUILD)
 	bash scripts/demo.sh $(RELEASE_DIR)
 
-## Benchmarks print numbers; they are not tests.
+## Benchmarks print numbers; they are not tests. `make bench` is every
+## load-generator scenario against studio-relay, then the in-process hot
+## path (decode, encode, route, history on/off, resumes).
 bench: release
 	bash bench/bench.sh
+	$(CARGO) bench --bench hotpath
 
 ## A few seconds of the load generator against the debug build (run by CI).
 bench-smoke:
