@@ -34,7 +34,7 @@ pub use client::Client;
 #[allow(unused_imports)]
 pub use http::{http, request, ws_headers, HttpResponse};
 #[allow(unused_imports)]
-pub use redis::{Redis, RedisConn};
+pub use redis::{Redis, RedisConn, Reply};
 #[allow(unused_imports)]
 pub use relay::{bin, metric_value, Relay, RelayOpts};
 

@@ -198,6 +198,36 @@ impl RedisConn {
         Ok(reply)
     }
 
+    /// Sends one command; its reply's strings (a bulk or simple string, or
+    /// the strings of an array of up to four; nil and numbers left out).
+    pub async fn strings(&mut self, args: &[&[u8]]) -> anyhow::Result<Vec<String>> {
+        self.out.clear();
+        resp::command(&mut self.out, args);
+        self.stream.write_all(&self.out).await?;
+        let (frame, used) = tokio::time::timeout(
+            Duration::from_secs(5),
+            resp::read_frame(&mut self.stream, &mut self.buf),
+        )
+        .await
+        .context("reply timeout")??;
+        let mut out = Vec::new();
+        for item in &frame.items[..frame.len.clamp(1, 4)] {
+            match *item {
+                Item::Bulk(a, b) | Item::Simple(a, b) => {
+                    out.push(String::from_utf8_lossy(&self.buf[a..b]).into_owned())
+                }
+                Item::Error(a, b) => {
+                    let e = String::from_utf8_lossy(&self.buf[a..b]).into_owned();
+                    self.buf.advance(used);
+                    anyhow::bail!("{e}");
+                }
+                Item::Int(_) | Item::Nil => {}
+            }
+        }
+        self.buf.advance(used);
+        Ok(out)
+    }
+
     /// Sends one command and reads its reply.
     pub async fn command(&mut self, args: &[&[u8]]) -> anyhow::Result<Reply> {
         self.out.clear();

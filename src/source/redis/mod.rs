@@ -9,13 +9,15 @@
 
 pub mod probe;
 pub mod tls;
+pub mod topology;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fred::clients::SubscriberClient;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::types::config::Config as FredConfig;
-use fred::types::{Builder, Message, Value};
+use fred::types::{Builder, CustomCommand, Message, Value};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +31,7 @@ use crate::util::backoff::Backoff;
 use crate::util::pattern::Pattern;
 use crate::util::ratelimit::RateLimit;
 use probe::Liveness;
+use topology::{Check, Topology};
 
 /// First reconnect delay.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -83,6 +86,21 @@ struct Subscriber {
     messages: Counter,
     /// `<key>#/#` while the Socket.IO adapter source is on.
     adapter_prefix: Option<String>,
+    /// The parsed URL (None if it does not parse: each session says why).
+    base: Option<FredConfig>,
+    /// Which node each session uses.
+    topology: Topology,
+}
+
+/// One session's connections, as the relay loop uses them.
+struct Conns<'a> {
+    subscriber: &'a SubscriberClient,
+    /// The canary publisher (with liveness probing on).
+    publisher: Option<&'a fred::clients::Client>,
+    /// With Sentinel: checks at each probe that the node is still master.
+    check: Option<Arc<Check>>,
+    /// What `CLUSTER NODES` said at connect (cluster only).
+    listed: Option<&'a str>,
 }
 
 /// How a session ended.
@@ -101,7 +119,11 @@ impl Subscriber {
             .socketio_adapter
             .then(|| format!("{}#/#", redis.socketio_key));
         let fields = LiveFields::new(&ctx.live);
+        let base = FredConfig::from_url(&redis.url).ok();
+        let topology = base.as_ref().map_or(Topology::Single, Topology::of);
         Subscriber {
+            base,
+            topology,
             redis,
             patterns,
             canary,
@@ -146,7 +168,7 @@ impl Subscriber {
                             tracing::debug!(reason = %why, attempts = failures, "redis connect failed");
                         }
                     }
-                    let sleep = backoff.next_delay();
+                    let sleep = self.topology.after_loss(was_up, backoff.next_delay());
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(sleep) => {}
@@ -183,16 +205,66 @@ impl Subscriber {
         client_builder(&self.redis, self.probe_timeout(), capacity)
     }
 
+    fn builder_for(
+        &self,
+        node: &FredConfig,
+        capacity: usize,
+    ) -> Result<Builder, fred::error::Error> {
+        builder_from(node.clone(), &self.redis, self.probe_timeout(), capacity)
+    }
+
     /// One connection: subscribe, confirm, relay, probe. Returns why it ended.
     async fn session(&mut self, shutdown: &CancellationToken, ever_up: bool) -> End {
         let lost = |why: String| End::Lost { was_up: false, why };
         let timeout = self.probe_timeout();
         let liveness = self.redis.liveness_interval_ms > 0;
-        let clients = self.builder(BROADCAST_CAPACITY).and_then(|b| {
+        let Some(base) = self.base.clone() else {
+            let why = self
+                .builder(PUBLISHER_CAPACITY)
+                .err()
+                .map(|e| e.details().to_owned());
+            return lost(format!("client setup: {}", why.unwrap_or_default()));
+        };
+        let target = tokio::select! {
+            _ = shutdown.cancelled() => return End::Shutdown,
+            t = self.topology.target(&base, timeout) => match t {
+                Ok(t) => t,
+                Err(why) => return lost(why),
+            },
+        };
+        tracing::debug!(node = %target.node, "connecting the subscriber");
+        let check = target.check.map(Arc::new);
+        let end = self
+            .session_on(
+                shutdown,
+                ever_up,
+                target.config,
+                check.clone(),
+                timeout,
+                liveness,
+            )
+            .await;
+        if let Some(check) = check {
+            check.close().await;
+        }
+        end
+    }
+
+    async fn session_on(
+        &mut self,
+        shutdown: &CancellationToken,
+        ever_up: bool,
+        node: FredConfig,
+        check: Option<Arc<Check>>,
+        timeout: Duration,
+        liveness: bool,
+    ) -> End {
+        let lost = |why: String| End::Lost { was_up: false, why };
+        let clients = self.builder_for(&node, BROADCAST_CAPACITY).and_then(|b| {
             let sub = b.build_subscriber_client()?;
             let publ = match liveness {
                 // The publisher never receives pub/sub messages.
-                true => Some(self.builder(PUBLISHER_CAPACITY)?.build()?),
+                true => Some(self.builder_for(&node, PUBLISHER_CAPACITY)?.build()?),
                 false => None,
             };
             Ok((sub, publ))
@@ -204,10 +276,22 @@ impl Subscriber {
         let mut messages = subscriber.message_rx();
         let mut sub_task = None;
         let mut pub_task = None;
+        let cluster = self.topology.is_cluster();
+        let mut listed: Option<String> = None;
         let connect = async {
             sub_task = Some(subscriber.init().await?);
             if let Some(p) = &publisher {
                 pub_task = Some(p.init().await?);
+            }
+            if cluster {
+                // Learn the other nodes while this one is reachable.
+                let nodes: Value = subscriber
+                    .custom(
+                        CustomCommand::new_static("CLUSTER", None, false),
+                        vec!["NODES"],
+                    )
+                    .await?;
+                listed = nodes.as_string();
             }
             subscriber.psubscribe(self.subscribed_patterns()).await
         };
@@ -218,15 +302,14 @@ impl Subscriber {
         let end = match connected {
             Ok(Ok(())) => match sub_task.as_mut() {
                 Some(task) => {
-                    self.relay(
-                        shutdown,
-                        ever_up,
-                        &subscriber,
-                        publisher.as_ref(),
-                        task,
-                        &mut messages,
-                    )
-                    .await
+                    let conns = Conns {
+                        subscriber: &subscriber,
+                        publisher: publisher.as_ref(),
+                        check,
+                        listed: listed.as_deref(),
+                    };
+                    self.relay(shutdown, ever_up, conns, task, &mut messages)
+                        .await
                 }
                 None => lost("connect: no connection task".into()),
             },
@@ -252,11 +335,16 @@ impl Subscriber {
         &mut self,
         shutdown: &CancellationToken,
         ever_up: bool,
-        subscriber: &SubscriberClient,
-        publisher: Option<&fred::clients::Client>,
+        conns: Conns<'_>,
         sub_task: &mut fred::types::ConnectHandle,
         messages: &mut broadcast::Receiver<Message>,
     ) -> End {
+        let Conns {
+            subscriber,
+            publisher,
+            check,
+            listed,
+        } = conns;
         let mut confirmed = false;
         let mut probe = Liveness::new(
             self.redis.liveness_interval_ms > 0,
@@ -266,7 +354,7 @@ impl Subscriber {
             self.ctx.instance.to_string(),
         );
         loop {
-            probe.start_if_due(confirmed, subscriber, publisher);
+            probe.start_if_due(confirmed, subscriber, publisher, check.as_ref());
             let wake = probe.wake_at(confirmed);
             tokio::select! {
                 _ = shutdown.cancelled() => return End::Shutdown,
@@ -308,6 +396,7 @@ impl Subscriber {
             }
             if probe.passed() && !confirmed {
                 confirmed = true;
+                self.topology.worked(listed);
                 self.set_up(true);
                 if ever_up {
                     self.ctx.metrics.redis_reconnects.inc();
@@ -422,7 +511,16 @@ pub(crate) fn client_builder(
     timeout: Duration,
     capacity: usize,
 ) -> Result<Builder, fred::error::Error> {
-    let mut config = FredConfig::from_url(&redis.url)?;
+    builder_from(FredConfig::from_url(&redis.url)?, redis, timeout, capacity)
+}
+
+/// [`client_builder`] for an already parsed (and possibly re-targeted) config.
+fn builder_from(
+    mut config: FredConfig,
+    redis: &RedisConfig,
+    timeout: Duration,
+    capacity: usize,
+) -> Result<Builder, fred::error::Error> {
     if let Some(tls) = tls::config(redis).map_err(|e| {
         fred::error::Error::new(fred::error::ErrorKind::Tls, format!("redis TLS: {e}"))
     })? {

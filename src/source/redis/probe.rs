@@ -6,6 +6,7 @@
 //! socket looks fine.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::{Client, SubscriberClient};
@@ -14,6 +15,8 @@ use fred::types::{Message, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+
+use super::topology::Check;
 
 /// Schedules probes and tells whether the current one passed or failed.
 pub struct Liveness {
@@ -69,6 +72,7 @@ impl Liveness {
         confirmed: bool,
         subscriber: &SubscriberClient,
         publisher: Option<&Client>,
+        check: Option<&Arc<Check>>,
     ) {
         if self.probe.is_some() || (confirmed && !self.repeat) || Instant::now() < self.next {
             return;
@@ -79,6 +83,7 @@ impl Liveness {
         let subscriber = subscriber.clone();
         let publisher = publisher.cloned();
         let with_canary = publisher.is_some();
+        let check = check.cloned();
         let channel = self.canary.clone();
         let payload = token.clone();
         self.tasks.spawn(async move {
@@ -87,6 +92,12 @@ impl Liveness {
                     .ping::<Value>(None)
                     .await
                     .map_err(|e| format!("liveness probe: ping: {}", e.details()))?;
+                if let (Some(c), Some(p)) = (&check, &publisher) {
+                    // The canary must go through the current master.
+                    c.verify(p)
+                        .await
+                        .map_err(|e| format!("liveness probe: {e}"))?;
+                }
                 if let Some(p) = publisher {
                     p.publish::<Value, _, _>(channel, payload)
                         .await
