@@ -291,6 +291,7 @@ async fn a_graceful_sentinel_failover_is_noticed_though_the_old_master_runs_on()
         read(&mut c, &mut seen, &publisher, Some(want)).await;
     }
     let (_, gap_at) = seen.gaps[0];
+    eprintln!("sentinel failover: gap {:?} after the switch", gap_at.duration_since(switched));
     assert!(
         gap_at.duration_since(switched) < LIVENESS_TIMEOUT + Duration::from_secs(1),
         "gap {:?} after the switch",
@@ -345,6 +346,7 @@ async fn a_killed_sentinel_master_and_its_return_as_a_replica() {
         read(&mut c, &mut seen, &publisher, Some(want)).await;
     }
     let (_, gap_at) = seen.gaps[0];
+    eprintln!("sentinel kill: gap {:?} after the kill", gap_at.duration_since(killed));
     assert!(
         gap_at.duration_since(killed) < Duration::from_secs(10),
         "recovered {:?} after the kill",
@@ -468,6 +470,7 @@ async fn a_cluster_delivers_from_every_node_and_survives_losing_its_node_at_once
     }
     let (_, gap_at) = seen.gaps[0];
     let took = gap_at.duration_since(killed);
+    eprintln!("cluster: re-subscribed {took:?} after the kill");
     // cluster-node-timeout is 5 s: the cluster has not even marked the node
     // failed yet, let alone promoted its replica.
     assert!(
