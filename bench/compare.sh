@@ -231,13 +231,15 @@ fi
 # studio-sio / studio-poll: studio-relay's own Socket.IO over WebSocket /
 # over HTTP long-polling; same load generator as the peers. studio-adapter:
 # native clients, events published as @socket.io/redis-adapter MessagePack.
-# studio-history: the same relay keeping 100,000 events for resumes.
+# studio-history: the same relay keeping 100,000 events for resumes. redis on
+# the routed job: each subscriber SUBSCRIBEs its agent's own channel and each
+# event is published there (Redis routing by itself, no relay).
 PEERS_ALL=(studio studio-sio studio-poll socketio ws redis)
 for t in studio-adapter studio-history "${PEERS_ALL[@]}"; do run_case "$t" fanout "$N" --duration "$D"; done
 for r in 1000 100; do
   for t in "${PEERS_ALL[@]}"; do run_case "$t" rate "$N" --rate "$r" --duration "$D"; done
 done
-for t in studio studio-adapter studio-history studio-sio studio-poll socketio-rooms socketio; do run_case "$t" routed "$RN" --agents "$RA" --duration "$D"; done
+for t in studio studio-adapter studio-history studio-sio studio-poll socketio-rooms socketio redis; do run_case "$t" routed "$RN" --agents "$RA" --duration "$D"; done
 run_case studio routed "$BN" --agents "$BA" --duration "$D"
 
 # Idle: the relay needs max_connections (200000 in its config) and an

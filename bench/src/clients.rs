@@ -60,6 +60,9 @@ pub struct Ctx {
     pub target_addr: SocketAddr,
     pub redis: RedisUrl,
     pub pattern: String,
+    /// Target redis, routed: agent k's subscribers SUBSCRIBE `<this>:a<k>`
+    /// (Redis doing the routing itself, one channel per agent).
+    pub agent_channels: Option<String>,
     pub agents: u32,
     pub firehose: bool,
     pub source_addrs: u32,
@@ -103,6 +106,7 @@ impl Ctx {
             target_addr,
             redis,
             pattern,
+            agent_channels: None,
             agents: agents.max(1),
             firehose,
             source_addrs: source_addrs.max(1),
@@ -578,13 +582,16 @@ async fn redis_client(ctx: &Ctx, idx: usize, want: Want, gate: &Semaphore) -> Re
         let mut s = ctx.tcp_connect(idx, addr).await?;
         resp::auth(&mut s, &ctx.redis).await?;
         let mut cmd = Vec::new();
-        resp::command(&mut cmd, &[b"PSUBSCRIBE", ctx.pattern.as_bytes()]);
+        let (verb, target, reply): (&[u8], String, &[u8]) = match (want, &ctx.agent_channels) {
+            (Want::Agent(k), Some(base)) => (b"SUBSCRIBE", format!("{base}:a{k}"), b"subscribe"),
+            _ => (b"PSUBSCRIBE", ctx.pattern.clone(), b"psubscribe"),
+        };
+        resp::command(&mut cmd, &[verb, target.as_bytes()]);
         s.write_all(&cmd).await?;
         let (f, used) = resp::read_frame(&mut s, &mut buf).await?;
-        let ok =
-            f.is_array && matches!(f.items[0], Item::Bulk(a, b) if &buf[a..b] == b"psubscribe");
+        let ok = f.is_array && matches!(f.items[0], Item::Bulk(a, b) if &buf[a..b] == reply);
         if !ok {
-            bail!("unexpected reply to PSUBSCRIBE");
+            bail!("unexpected reply to {}", String::from_utf8_lossy(verb));
         }
         buf.advance(used);
         anyhow::Ok(s)
@@ -595,10 +602,14 @@ async fn redis_client(ctx: &Ctx, idx: usize, want: Want, gate: &Semaphore) -> Re
     let end: Result<()> = async {
         loop {
             let (f, used) = resp::read_frame(&mut s, &mut buf).await?;
-            if f.is_array && f.len == 4 {
-                if let Item::Bulk(a, b) = f.items[3] {
-                    rx.on_frame(&buf[a..b]);
-                }
+            // ["pmessage", pattern, channel, payload] or ["message", channel, payload]
+            let payload = match (f.is_array, f.len) {
+                (true, 4) => Some(f.items[3]),
+                (true, 3) => Some(f.items[2]),
+                _ => None,
+            };
+            if let Some(Item::Bulk(a, b)) = payload {
+                rx.on_frame(&buf[a..b]);
             }
             buf.advance(used);
             if buf.capacity() < 4096 {

@@ -225,7 +225,7 @@ async fn run(args: &Args) -> Result<Value> {
             .next()
             .context("--url resolves to nothing")?,
     };
-    let ctx = Arc::new(Ctx::new(
+    let mut ctx = Ctx::new(
         args.target,
         args.url.clone(),
         target_addr,
@@ -235,7 +235,14 @@ async fn run(args: &Args) -> Result<Value> {
         firehose,
         k,
         args.read_buffer,
-    )?);
+    )?;
+    // Raw Redis on the routed job routes by channel, one per agent, the way
+    // an application without a relay would use it.
+    let per_agent = args.target == Target::Redis && args.scenario == Scenario::Routed;
+    if per_agent {
+        ctx.agent_channels = Some(args.channel.clone());
+    }
+    let ctx = Arc::new(ctx);
     let sample_target = || args.pid.map(|p| procfs::sample(Some(p))).transpose();
     let target_pre = sample_target()?;
     let self_pre = procfs::sample(None)?;
@@ -287,7 +294,13 @@ async fn run(args: &Args) -> Result<Value> {
             .await?
             .adapter(event)
     } else {
-        Publisher::connect(&redis, &args.channel, args.pipeline, args.payload_bytes).await?
+        let p =
+            Publisher::connect(&redis, &args.channel, args.pipeline, args.payload_bytes).await?;
+        if per_agent {
+            p.per_agent()
+        } else {
+            p
+        }
     };
     let mut warmup = Value::Null;
     if args.target == Target::Ws {

@@ -35,6 +35,8 @@ pub struct Publisher {
     payload_bytes: usize,
     /// `Some(event)`: publish Socket.IO adapter messages for `io.emit(event, …)`.
     adapter_event: Option<String>,
+    /// Publish agent k's events on `<channel>:a<k>` (Redis routing itself).
+    per_agent: bool,
     scratch: Vec<u8>,
     pub stats: Arc<PubStats>,
     pub published: u64,
@@ -104,6 +106,7 @@ impl Publisher {
             channel: channel.as_bytes().to_vec(),
             payload_bytes,
             adapter_event: None,
+            per_agent: false,
             scratch: Vec::new(),
             stats,
             published: 0,
@@ -114,6 +117,13 @@ impl Publisher {
     /// of JSON, as `io.emit(event, payload)` would.
     pub fn adapter(mut self, event: &str) -> Self {
         self.adapter_event = Some(event.to_owned());
+        self
+    }
+
+    /// Publishes each agent's events on its own channel, `<channel>:a<k>`,
+    /// for raw Redis subscribers doing the routed job themselves.
+    pub fn per_agent(mut self) -> Self {
+        self.per_agent = true;
         self
     }
 
@@ -154,10 +164,19 @@ impl Publisher {
             return;
         }
         let plen = payload_len(dest, seq, ts, self.payload_bytes);
+        let suffix = match (self.per_agent, dest) {
+            (true, Dest::Agent(k)) => format!(":a{k}"),
+            _ => String::new(),
+        };
         self.buf.extend_from_slice(
-            format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n", self.channel.len()).as_bytes(),
+            format!(
+                "*3\r\n$7\r\nPUBLISH\r\n${}\r\n",
+                self.channel.len() + suffix.len()
+            )
+            .as_bytes(),
         );
         self.buf.extend_from_slice(&self.channel);
+        self.buf.extend_from_slice(suffix.as_bytes());
         self.buf
             .extend_from_slice(format!("\r\n${plen}\r\n").as_bytes());
         write_payload(&mut self.buf, dest, seq, ts, self.payload_bytes);
