@@ -345,6 +345,7 @@ impl Subscriber {
             check,
             listed,
         } = conns;
+        let mut switches = check.as_ref().and_then(|c| c.switches());
         let mut confirmed = false;
         let mut probe = Liveness::new(
             self.redis.liveness_interval_ms > 0,
@@ -383,6 +384,11 @@ impl Subscriber {
                         return End::Lost { was_up: confirmed, why: "message stream closed".into() };
                     }
                 },
+                m = next_switch(&mut switches) => {
+                    if let Some(why) = check.as_ref().and_then(|c| c.moved(&m)) {
+                        return End::Lost { was_up: confirmed, why };
+                    }
+                }
                 r = probe.ping_answer() => {
                     if let Err(why) = r {
                         return End::Lost { was_up: confirmed, why };
@@ -539,6 +545,21 @@ fn builder_from(
             p.broadcast_channel_capacity = capacity;
         });
     Ok(builder)
+}
+
+/// The next `+switch-master` announcement; never, without a subscription
+/// (or once it is gone: the probes still catch a switch).
+async fn next_switch(rx: &mut Option<broadcast::Receiver<Message>>) -> Message {
+    loop {
+        match rx.as_mut() {
+            Some(r) => match r.recv().await {
+                Ok(m) => return m,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => *rx = None,
+            },
+            None => return std::future::pending().await,
+        }
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {

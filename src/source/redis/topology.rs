@@ -21,10 +21,11 @@
 
 use std::time::Duration;
 
-use fred::clients::Client;
-use fred::interfaces::ClientLike;
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::types::config::{Config as FredConfig, Server, ServerConfig};
-use fred::types::{Builder, ConnectHandle, CustomCommand, Value};
+use fred::types::{Builder, ConnectHandle, CustomCommand, Message, Value};
+use tokio::sync::broadcast;
 
 /// While a Sentinel-managed master cannot be reached, retry at least this
 /// often: a failover is decided in seconds, and every try asks again.
@@ -115,11 +116,13 @@ impl Topology {
                             // The one that answered goes first next time.
                             sentinels.swap(0, i);
                             let node = describe(&master);
+                            let watch = watch_switches(base, &sentinel, auth, timeout).await;
                             return Ok(Target {
                                 config: single_node(base, master.clone()),
                                 node,
                                 check: Some(Check {
                                     sentinel: conn,
+                                    watch,
                                     service: service.clone(),
                                     master,
                                 }),
@@ -199,8 +202,16 @@ impl Topology {
 /// node is still the master.
 pub struct Check {
     sentinel: Conn,
+    /// Subscribed to the Sentinel's `+switch-master`, when that worked.
+    watch: Option<Watch>,
     service: String,
     master: Server,
+}
+
+/// A subscriber connection to a Sentinel.
+struct Watch {
+    client: SubscriberClient,
+    task: ConnectHandle,
 }
 
 impl Check {
@@ -232,10 +243,42 @@ impl Check {
         }
     }
 
-    /// Closes the Sentinel connection (probes may still hold the check).
+    /// The Sentinel's `+switch-master` announcements, if subscribed.
+    pub fn switches(&self) -> Option<broadcast::Receiver<Message>> {
+        self.watch.as_ref().map(|w| w.client.message_rx())
+    }
+
+    /// Why an announcement means this session is on the wrong node now,
+    /// if it does: `<name> <old-ip> <old-port> <new-ip> <new-port>`.
+    pub fn moved(&self, msg: &Message) -> Option<String> {
+        switch_moves(&msg.value.as_string()?, &self.service, &self.master)
+    }
+
+    /// Closes the Sentinel connections (probes may still hold the check).
     pub async fn close(&self) {
         self.sentinel.close().await;
+        if let Some(w) = &self.watch {
+            let _ = tokio::time::timeout(Duration::from_millis(200), w.client.quit()).await;
+            w.task.abort();
+        }
     }
+}
+
+/// `<name> <old-ip> <old-port> <new-ip> <new-port>` moves `master` of
+/// `service` away: why, if so.
+fn switch_moves(text: &str, service: &str, master: &Server) -> Option<String> {
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let [name, _, _, host, port] = parts[..] else {
+        return None;
+    };
+    let new = Server::new(host, port.parse().ok()?);
+    (name == service && !same(&new, master)).then(|| {
+        format!(
+            "sentinel: +switch-master {service} to {}; {} is stale",
+            describe(&new),
+            describe(master)
+        )
+    })
 }
 
 /// A client with its connection task, closed together.
@@ -251,19 +294,45 @@ impl Conn {
     }
 }
 
-async fn ask_sentinel(
+/// A subscription to `+switch-master` on `sentinel`, so a failover moves the
+/// session at once rather than at the next probe. Best effort: without it
+/// the probes still catch the switch.
+async fn watch_switches(
     base: &FredConfig,
     sentinel: &Server,
     auth: &(Option<String>, Option<String>),
-    service: &str,
     timeout: Duration,
-) -> Result<(Conn, Server), String> {
+) -> Option<Watch> {
+    let client = sentinel_builder(base, sentinel, auth, timeout)
+        .build_subscriber_client()
+        .ok()?;
+    let task = tokio::time::timeout(timeout, client.init())
+        .await
+        .ok()?
+        .ok()?;
+    let watch = Watch { client, task };
+    match tokio::time::timeout(timeout, watch.client.subscribe("+switch-master")).await {
+        Ok(Ok(())) => Some(watch),
+        _ => {
+            watch.task.abort();
+            None
+        }
+    }
+}
+
+fn sentinel_builder(
+    base: &FredConfig,
+    sentinel: &Server,
+    auth: &(Option<String>, Option<String>),
+    timeout: Duration,
+) -> Builder {
     let mut config = single_node(base, sentinel.clone());
     // Sentinels have no databases, and their own credentials.
     config.database = None;
     config.username = auth.0.clone();
     config.password = auth.1.clone();
-    let client = Builder::from_config(config)
+    let mut builder = Builder::from_config(config);
+    builder
         .with_connection_config(|c| {
             c.connection_timeout = timeout;
             c.internal_command_timeout = timeout;
@@ -272,7 +341,18 @@ async fn ask_sentinel(
         .with_performance_config(|p| {
             p.default_command_timeout = timeout;
             p.broadcast_channel_capacity = 16;
-        })
+        });
+    builder
+}
+
+async fn ask_sentinel(
+    base: &FredConfig,
+    sentinel: &Server,
+    auth: &(Option<String>, Option<String>),
+    service: &str,
+    timeout: Duration,
+) -> Result<(Conn, Server), String> {
+    let client = sentinel_builder(base, sentinel, auth, timeout)
         .build()
         .map_err(|e| e.details().to_owned())?;
     let task = tokio::time::timeout(timeout, client.init())
@@ -471,6 +551,27 @@ garbage line
         assert_eq!(
             Topology::Single.after_loss(false, Duration::from_secs(30)),
             Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn switch_announcements() {
+        let m = server("127.0.0.1", 6379);
+        let why = switch_moves("mymaster 127.0.0.1 6379 127.0.0.1 6380", "mymaster", &m);
+        assert!(why.is_some_and(|w| w.contains("127.0.0.1:6380")));
+        assert_eq!(
+            switch_moves("other 127.0.0.1 6379 127.0.0.1 6380", "mymaster", &m),
+            None
+        );
+        assert_eq!(
+            switch_moves("mymaster 127.0.0.1 6380 127.0.0.1 6379", "mymaster", &m),
+            None,
+            "to us"
+        );
+        assert_eq!(switch_moves("mymaster 1 2", "mymaster", &m), None);
+        assert_eq!(
+            switch_moves("mymaster a b c notaport", "mymaster", &m),
+            None
         );
     }
 
