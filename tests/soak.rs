@@ -84,7 +84,11 @@ async fn ten_mib_a_second_for_two_minutes_keeps_the_ring_bounded_and_rss_flat() 
                 .chars()
                 .take_while(char::is_ascii_digit)
                 .collect();
-            assert_eq!(digits.parse::<u64>().ok(), Some(next), "in order, none lost");
+            assert_eq!(
+                digits.parse::<u64>().ok(),
+                Some(next),
+                "in order, none lost"
+            );
             next += 1;
         }
     });
@@ -99,7 +103,10 @@ async fn ten_mib_a_second_for_two_minutes_keeps_the_ring_bounded_and_rss_flat() 
     let published = publisher.await.expect("publisher");
     let received = reader.await.expect("reader");
     assert_eq!(received, published);
-    assert!(published >= 15_000, "the stream ran at ~10 MiB/s: {published}");
+    assert!(
+        published >= 15_000,
+        "the stream ran at ~10 MiB/s: {published}"
+    );
     assert!(
         ring_peak <= MAX_BYTES as f64 && ring_peak > (MAX_BYTES / 2) as f64,
         "ring full but within max_bytes: {ring_peak}"
