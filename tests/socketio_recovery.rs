@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -323,5 +323,118 @@ async fn a_client_that_got_no_event_yet_recovers_from_its_pid_alone() {
             json!({"agentId": "a2", "n": 1}),
             json!({"agentId": "a1", "n": 2})
         ]
+    );
+}
+
+/// A TCP proxy to `upstream` whose connections can be silenced: from then
+/// on nothing the client sends reaches the relay (its WebSocket close
+/// frame, its FIN), so to the relay the old transport looks alive, as after
+/// a silent network drop, noticed only at the ping timeout. Connections
+/// opened afterwards pass through.
+struct SilentDropProxy {
+    addr: std::net::SocketAddr,
+    /// Connections numbered below this are silenced.
+    silenced_below: Arc<AtomicU64>,
+    opened: Arc<AtomicU64>,
+}
+
+impl SilentDropProxy {
+    async fn start(upstream: std::net::SocketAddr) -> SilentDropProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silenced_below = Arc::new(AtomicU64::new(0));
+        let opened = Arc::new(AtomicU64::new(0));
+        let (below, count) = (silenced_below.clone(), opened.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let id = count.fetch_add(1, Ordering::SeqCst);
+                let below = below.clone();
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                    });
+                    let mut buf = vec![0u8; 16 << 10];
+                    loop {
+                        let n = cr.read(&mut buf).await.unwrap_or(0);
+                        let silenced = id < below.load(Ordering::SeqCst);
+                        if n == 0 || silenced {
+                            if silenced {
+                                // Keep the relay's side open, saying nothing.
+                                std::future::pending::<()>().await;
+                            }
+                            return;
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        SilentDropProxy {
+            addr,
+            silenced_below,
+            opened,
+        }
+    }
+
+    /// Silences every connection opened so far.
+    fn silence(&self) {
+        let n = self.opened.load(Ordering::SeqCst);
+        self.silenced_below.store(n, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_client_back_before_the_relay_saw_its_transport_die_takes_its_session_over() {
+    let redis = Redis::start().await;
+    let relay = Relay::with_extra(&redis, "[history]\nsize = 1000\n").await;
+    let proxy = SilentDropProxy::start(relay.addr()).await;
+    let opts = json!({"transports": ["websocket"], "query": {"agentId": "a1"}});
+    let mut c = NodeProc::socketio(&format!("http://{}", proxy.addr), opts).await;
+    let connect = c.wait_for("connect").await;
+    c.send(
+        json!({"cmd": "emitWithAck", "id": 1, "name": "subscribe", "args": [{"agentId": "a2"}]}),
+    )
+    .await;
+    assert_eq!(c.wait_for("ack").await["args"], json!([{"ok": true}]));
+    let got = events_until_marker(&redis, &mut c, &[json!({"agentId": "a1", "n": 1})]).await;
+    assert_eq!(got.len(), 1);
+    proxy.silence();
+    c.send(json!({"cmd": "engine-close"})).await;
+    c.wait_for("disconnect").await;
+    // Still open on the relay's side.
+    assert_eq!(
+        relay
+            .metric("relay_socketio_sessions_open{transport=\"websocket\"}")
+            .await,
+        1.0
+    );
+    redis
+        .publish(CH, json!({"agentId": "a2", "n": 2}).to_string())
+        .await;
+    let back = c.wait_for("connect").await;
+    assert_eq!(back["recovered"], true, "{back}");
+    assert_eq!(back["id"], connect["id"]);
+    let got = events_until_marker(&redis, &mut c, &[json!({"agentId": "a1", "n": 3})]).await;
+    assert_eq!(
+        got,
+        [
+            json!({"agentId": "a2", "n": 2}),
+            json!({"agentId": "a1", "n": 3})
+        ]
+    );
+    // The old session ended when its pid was taken over.
+    assert_eq!(
+        relay
+            .metric("relay_socketio_sessions_open{transport=\"websocket\"}")
+            .await,
+        1.0
     );
 }

@@ -44,6 +44,9 @@ struct Inner {
     /// is skipped.
     order: VecDeque<(u64, Instant, String)>,
     parkings: u64,
+    /// pid → Engine.IO sid of the live session holding it: a client whose
+    /// old transport the relay has not seen die yet can take it over.
+    live: HashMap<String, String>,
 }
 
 impl Recovery {
@@ -79,6 +82,27 @@ impl Recovery {
         inner.sweep(now);
         let (_, deadline, parked) = inner.map.remove(pid)?;
         (deadline > now).then_some(parked)
+    }
+
+    /// Records that the live session `engine_sid` holds `pid`.
+    pub fn hold(&self, pid: &str, engine_sid: &str) {
+        self.lock()
+            .live
+            .insert(pid.to_owned(), engine_sid.to_owned());
+    }
+
+    /// The live session holding `pid`, if any.
+    pub fn holder(&self, pid: &str) -> Option<String> {
+        self.lock().live.get(pid).cloned()
+    }
+
+    /// The session `engine_sid` ended: it no longer holds `pid` (unless a
+    /// newer session took the pid over meanwhile).
+    pub fn release(&self, pid: &str, engine_sid: &str) {
+        let mut inner = self.lock();
+        if inner.live.get(pid).is_some_and(|s| s == engine_sid) {
+            inner.live.remove(pid);
+        }
     }
 
     /// Sessions parked now.
@@ -166,5 +190,20 @@ mod tests {
         assert_eq!(r.take_at(at(12), "p3"), None, "p3's ttl ran out");
         assert_eq!(r.take_at(at(12), "p2"), Some(parked("s2b")));
         assert_eq!(r.take_at(at(12), "p4"), Some(parked("s4")));
+    }
+
+    #[test]
+    fn a_pid_is_held_by_its_latest_session() {
+        let r = Recovery::default();
+        r.hold("p", "old");
+        r.hold("p", "new");
+        r.release("p", "old");
+        assert_eq!(
+            r.holder("p").as_deref(),
+            Some("new"),
+            "the takeover keeps it"
+        );
+        r.release("p", "new");
+        assert_eq!(r.holder("p"), None);
     }
 }

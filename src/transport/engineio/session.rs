@@ -50,6 +50,9 @@ pub enum ToSession {
     /// A POST body of packets; answered `Ok` (200 "ok") or with the error
     /// that ended the session.
     Post(String, oneshot::Sender<Result<(), EioError>>),
+    /// A client came back with this session's pid while the relay still
+    /// saw its old transport alive: hand over what recovery needs and end.
+    Takeover(oneshot::Sender<Parked>),
     /// A websocket for the session: the probe of an upgrade, or (`direct`)
     /// the session's only transport from the start.
     Websocket {
@@ -120,6 +123,8 @@ enum End {
     Gone,
     /// The client disconnected on purpose (`41`): nothing to recover.
     Left,
+    /// Another transport took the session over by its pid.
+    TakenOver(oneshot::Sender<Parked>),
 }
 
 impl End {
@@ -186,12 +191,25 @@ pub async fn run(
         server,
     };
     d.gauge(1);
-    let end = d.serve().await;
+    let mut end = d.serve().await;
     sids.remove(&sid);
+    if let Some(Identity { pid: Some(pid), .. }) = &d.identity {
+        d.server.recovery.release(pid, &sid);
+    }
     // Parked before anything else is observable (the close, the gauges),
     // so a client that sees its transport end can come straight back.
-    if let (true, Some(session)) = (end.recoverable(), d.session.as_ref()) {
-        d.park(session);
+    if let Some(session) = d.session.as_ref() {
+        if end.recoverable() {
+            if let Some((pid, parked)) = d.parked(session) {
+                d.park(pid, parked);
+            }
+        } else if let End::TakenOver(reply) = end {
+            tracing::debug!("taken over by a new transport");
+            if let Some((_, parked)) = d.parked(session) {
+                let _ = reply.send(parked);
+            }
+            end = End::Gone;
+        }
     }
     d.finish(end).await;
     d.gauge(-1);
@@ -342,6 +360,7 @@ impl Driver {
                 let _ = reply.send(Ok(()));
                 Ok(())
             }
+            ToSession::Takeover(reply) => Err(End::TakenOver(reply)),
             ToSession::Websocket { ws, direct } => {
                 if direct {
                     self.switch_to(*ws);
@@ -542,10 +561,13 @@ impl Driver {
             self.pending = Some(opening);
             return;
         }
-        let parked = asked
-            .recover
-            .as_ref()
-            .and_then(|r| self.server.recovery.take(&r.pid));
+        let parked = match &asked.recover {
+            Some(r) => match self.server.recovery.take(&r.pid) {
+                Some(p) => Some(p),
+                None => self.take_over(&r.pid).await,
+            },
+            None => None,
+        };
         let resume = asked.recover.as_ref().map(|r| {
             let restorable = parked.as_ref().filter(|p| {
                 // The old subscriptions must still fit the (reloaded) limits.
@@ -612,12 +634,32 @@ impl Driver {
                 tracing::debug!("Socket.IO session recovered");
                 session.restored(restore.keys, restore.all);
             }
+            if let Some(pid) = &told.identity.pid {
+                self.server.recovery.hold(pid, &self.sid);
+            }
             self.identity = Some(told.identity);
         }
     }
 
-    /// Leaves what a returning client needs under its pid (SPEC §12).
-    fn park(&self, session: &Session) {
+    /// The state of the live session holding `pid`, which then ends: its
+    /// client is back on a new transport before the relay saw the old one
+    /// die (a silent network drop is noticed only at the ping timeout).
+    async fn take_over(&mut self, pid: &str) -> Option<Parked> {
+        let holder = self.server.recovery.holder(pid)?;
+        if holder == self.sid {
+            return None;
+        }
+        let handle = self.server.sids.get(&holder)?;
+        let (tx, rx) = oneshot::channel();
+        handle.tx.send(ToSession::Takeover(tx)).await.ok()?;
+        // Its task answers once its loop sees the request; a session stuck
+        // writing to a dead socket gives up within write_timeout_ms.
+        let wait = self.write_timeout + Duration::from_secs(1);
+        timeout(wait, rx).await.ok()?.ok()
+    }
+
+    /// What a returning client needs, under its pid (SPEC §12).
+    fn parked(&self, session: &Session) -> Option<(String, Parked)> {
         let Some(Identity {
             sid,
             pid: Some(pid),
@@ -625,19 +667,25 @@ impl Driver {
             floor,
         }) = &self.identity
         else {
-            return;
+            return None;
         };
-        let config = self.server.live.get();
         let (keys, all) = session.subscriptions();
+        let parked = Parked {
+            sid: sid.clone(),
+            epoch: epoch.clone(),
+            floor: *floor,
+            keys,
+            all,
+        };
+        Some((pid.clone(), parked))
+    }
+
+    /// Keeps `parked` for `history.ttl_ms`.
+    fn park(&self, pid: String, parked: Parked) {
+        let config = self.server.live.get();
         self.server.recovery.park(
-            pid.clone(),
-            Parked {
-                sid: sid.clone(),
-                epoch: epoch.clone(),
-                floor: *floor,
-                keys,
-                all,
-            },
+            pid,
+            parked,
             Duration::from_millis(config.history.ttl_ms),
             config.limits.max_connections,
         );
