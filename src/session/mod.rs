@@ -190,8 +190,10 @@ impl Session {
 /// The timer instant of wall-clock time `at`: now when it has passed;
 /// `None` when it is too far ahead for the clock to represent (no timer).
 pub fn deadline(at: SystemTime) -> Option<tokio::time::Instant> {
+    // The wall clock first: the deadline then errs late, never early.
+    let wall = SystemTime::now();
     let now = tokio::time::Instant::now();
-    match at.duration_since(SystemTime::now()) {
+    match at.duration_since(wall) {
         Ok(ahead) => now.checked_add(ahead),
         Err(_) => Some(now),
     }
