@@ -797,7 +797,8 @@ impl Driver {
         let (code, reason) = match end {
             End::Close(code) => (code, close::reason(code)),
             End::Expired => (close::POLICY, close::TOKEN_EXPIRED),
-            End::Gone | End::Left => return,
+            // Gone, left: nothing to send.
+            _ => return,
         };
         let Some(ws) = self.ws.as_mut() else {
             return;
