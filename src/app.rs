@@ -372,7 +372,7 @@ impl Reloader {
                 tracing::warn!(error = %e, "log level not applied");
             }
         }
-        let tokens_changed = next.auth.tokens != current.auth.tokens;
+        let tokens_changed = next.auth != current.auth;
         let summary = next.summary();
         self.live.send_replace(Arc::new(next));
         tracing::info!(

@@ -193,8 +193,9 @@ async fn a_browser_page_with_default_options_gets_its_routed_events() {
         panic!("Debian chromium is required (apt-get install chromium; .ci/run installs it)");
     }
     let redis = Redis::start().await;
-    // The page's Origin is the test's own static server on 127.0.0.1.
-    let relay = Relay::with_extra(&redis, "[security]\nallowed_origins = []\n").await;
+    // The page's Origin is the test's own static server on 127.0.0.1, which
+    // the default allowed_origins (loopback pages) admits; `[]` admits no page.
+    let relay = Relay::start(&redis).await;
     let mut page = NodeProc::browser(&url(&relay), json!({"agentId": "web"})).await;
     let origin = page.wait_for("page").await["origin"].clone();
     assert!(origin

@@ -1,8 +1,78 @@
-//! Who may connect: bearer tokens (constant-time) and allowed Origins.
-//! Pure functions; [`transport::handshake`](crate::transport::handshake)
-//! calls them in SPEC §9's refusal order.
+//! Who may connect and what they may see: bearer tokens (static ones
+//! compared in constant time, or JWTs with per-agent [`grants`], SPEC §13)
+//! and allowed Origins. Pure functions;
+//! [`transport::handshake`](crate::transport::handshake) calls them in SPEC
+//! §9's refusal order and [`session::policy`](crate::session::policy)
+//! applies the grants.
+
+pub mod grants;
+pub mod jwt;
+
+use std::time::SystemTime;
 
 use subtle::ConstantTimeEq;
+
+use crate::config::AuthConfig;
+pub use grants::{Denied, Grants};
+
+/// What an accepted token (or no token, on an open relay) allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// What may be subscribed to.
+    pub grants: Grants,
+    /// When the token expires (a JWT's `exp`); `None` never.
+    pub expires: Option<SystemTime>,
+}
+
+impl Access {
+    /// Everything, for ever: an open relay or a static token.
+    pub fn everything() -> Self {
+        Access {
+            grants: Grants::everything(),
+            expires: None,
+        }
+    }
+}
+
+/// Why a token is not accepted (the client only sees 401 / `unauthorized`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// A token is needed and none came.
+    #[error("missing token")]
+    Missing,
+    /// Not a static token, and no JWT key is configured.
+    #[error("unknown token")]
+    Unknown,
+    /// Not a static token, and not a JWT that verifies.
+    #[error("invalid token: {0}")]
+    Jwt(#[from] jwt::JwtError),
+}
+
+/// Whether `[auth]` asks for a token at all: static tokens or a JWT key.
+pub fn token_required(auth: &AuthConfig) -> bool {
+    !auth.tokens.is_empty() || auth.jwt.enabled()
+}
+
+/// The one token decision of every path (handshakes, Socket.IO CONNECT,
+/// reloads): an open relay admits everyone with every grant; else the
+/// token must be a static one (everything) or a JWT that verifies now
+/// (its grants, until its `exp`).
+pub fn authenticate(token: Option<&str>, auth: &AuthConfig) -> Result<Access, AuthError> {
+    if !token_required(auth) {
+        return Ok(Access::everything());
+    }
+    let token = token.ok_or(AuthError::Missing)?;
+    if token_valid(token, &auth.tokens) {
+        return Ok(Access::everything());
+    }
+    // A configured key that did not load verifies nothing: fail closed.
+    let verifier = auth.jwt.verifier().ok_or(AuthError::Unknown)?;
+    let verified = verifier.verify(token)?;
+    Ok(Access {
+        grants: verified.grants,
+        expires: Some(verified.expires),
+    })
+}
 
 /// True when `candidate` equals one of `tokens`. Every configured token is
 /// compared, each in constant time, so timing reveals neither which token
@@ -89,6 +159,47 @@ mod tests {
         assert!(token_allowed(None, &[]));
         assert!(!token_allowed(None, &t));
         assert!(token_allowed(Some("alpha"), &t));
+    }
+
+    #[test]
+    fn authenticate_static_tokens_and_jwts() {
+        use jsonwebtoken::{encode, EncodingKey, Header};
+        let secret = "0123456789abcdef0123456789abcdef";
+        let mut auth = AuthConfig::default();
+        assert_eq!(authenticate(None, &auth), Ok(Access::everything()));
+        assert_eq!(authenticate(Some("x"), &auth), Ok(Access::everything()));
+        auth.tokens = vec!["static".into()];
+        assert_eq!(authenticate(None, &auth), Err(AuthError::Missing));
+        assert_eq!(authenticate(Some("x"), &auth), Err(AuthError::Unknown));
+        auth.jwt.hs256_secret = secret.into();
+        // Set but not loaded: nothing verifies.
+        let exp = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 60;
+        let token = encode(
+            &Header::default(),
+            &serde_json::json!({"exp": exp, "grants": {"agentId": ["a"]}}),
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(authenticate(Some(&token), &auth), Err(AuthError::Unknown));
+        auth.jwt.load().unwrap();
+        let access = authenticate(Some(&token), &auth).unwrap();
+        assert!(access.grants.allows("agentId", "a") && !access.grants.allows("agentId", "b"));
+        assert!(access.expires.is_some());
+        assert_eq!(
+            authenticate(Some("static"), &auth),
+            Ok(Access::everything())
+        );
+        assert!(matches!(
+            authenticate(Some("garbage"), &auth),
+            Err(AuthError::Jwt(jwt::JwtError::Malformed))
+        ));
+        auth.tokens.clear();
+        assert!(token_required(&auth));
+        assert_eq!(authenticate(None, &auth), Err(AuthError::Missing));
     }
 
     #[test]

@@ -22,7 +22,7 @@ mod routing;
 mod security;
 mod socketio;
 
-pub use auth::AuthConfig;
+pub use auth::{AuthConfig, JwtConfig};
 pub use history::HistoryConfig;
 pub use limits::LimitsConfig;
 pub use listeners::{ListenerConfig, DEFAULT_BIND};
@@ -207,27 +207,32 @@ pub fn parse_str(text: &str, file: &str, redis_url: Option<&str>) -> Result<Load
     if let Some(url) = from_env {
         config.redis.url = url.to_owned();
     }
-    let warnings = config.validate().map_err(|(key, message)| {
-        // A bad REDIS_URL is not in the file: say where it came from.
-        let from_env_key = key == "redis.url" && from_env.is_some();
-        let span = if from_env_key {
-            None
-        } else {
-            key_span(text, &key)
-        };
-        let (line, column) = line_col(text, span);
-        ConfigError {
-            file: if from_env_key {
-                "$REDIS_URL".into()
+    // The JWT key is read once the rules passed (SPEC §13: `--check`
+    // loads it, a reload re-reads it).
+    let warnings = config
+        .validate()
+        .and_then(|w| config.load_keys().map(|()| w))
+        .map_err(|(key, message)| {
+            // A bad REDIS_URL is not in the file: say where it came from.
+            let from_env_key = key == "redis.url" && from_env.is_some();
+            let span = if from_env_key {
+                None
             } else {
-                file.to_owned()
-            },
-            line,
-            column,
-            key,
-            message,
-        }
-    })?;
+                key_span(text, &key)
+            };
+            let (line, column) = line_col(text, span);
+            ConfigError {
+                file: if from_env_key {
+                    "$REDIS_URL".into()
+                } else {
+                    file.to_owned()
+                },
+                line,
+                column,
+                key,
+                message,
+            }
+        })?;
     Ok(Loaded {
         config,
         source: ConfigSource::Defaults,
@@ -269,6 +274,11 @@ impl Config {
         fields
     }
 
+    /// Loads what the file only names: the `[auth.jwt]` key.
+    pub fn load_keys(&mut self) -> Result<(), (String, String)> {
+        self.auth.jwt.load().map_err(|e| (e.key, e.message))
+    }
+
     /// Checks what serde cannot: ranges, formats and cross-field rules.
     /// Returns warnings, or the offending key path and message.
     pub fn validate(&self) -> Result<Vec<String>, (String, String)> {
@@ -305,13 +315,17 @@ impl Config {
             })
             .collect();
         format!(
-            "listeners [{}], redis {}, patterns {:?}, routing {:?}, firehose {}, {} token(s), {} origin(s), max_connections {}{}",
+            "listeners [{}], redis {}, patterns {:?}, routing {:?}, firehose {}, {} token(s){}, {} origin(s), max_connections {}{}",
             listeners.join(", "),
             if self.redis.enabled() { self.redis.redacted_url() } else { "off".to_owned() },
             self.redis.patterns,
             self.routing.fields,
             if self.routing.allow_firehose { "allowed" } else { "disabled" },
             self.auth.tokens.len(),
+            match self.auth.jwt.algorithm() {
+                Some(alg) => format!(", jwt {alg}"),
+                None => String::new(),
+            },
             self.security.allowed_origins.len(),
             self.limits.max_connections,
             self.publish.summary(),

@@ -1,16 +1,18 @@
 //! A client session, whatever transport carries it: its subscriptions
 //! (mirrored from the hub, to answer limit errors without a round trip),
-//! its token, its `max_connections` slot and its end of the hub queue.
+//! its token and what it grants, its `max_connections` slot and its end of
+//! the hub queue.
 //! Transports (the WebSocket driver today) are thin loops around it.
 
 pub mod policy;
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::auth;
+use crate::auth::{self, Access};
 use crate::ctx::{ConnName, Live, Permit};
 use crate::hub::queue::{self, ConnShared, QueueRx};
 use crate::hub::{Command, HubHandle, Resume, Welcome};
@@ -28,6 +30,8 @@ pub struct Admitted {
     pub all: bool,
     /// The token presented, kept to re-check it when tokens are reloaded.
     pub token: Option<String>,
+    /// What the token allows, and until when.
+    pub access: Access,
     /// The connection's `max_connections` slot, held as long as the session.
     pub permit: Permit,
     /// Where to resume from (`since=`), if asked.
@@ -40,6 +44,7 @@ pub struct Session {
     subs: HashSet<(String, String)>,
     all: bool,
     token: Option<String>,
+    access: Access,
     queue: QueueRx,
     hub: HubHandle,
     live: Live,
@@ -75,6 +80,7 @@ impl Session {
             subs: admitted.keys.into_iter().collect(),
             all: admitted.all,
             token: admitted.token,
+            access: admitted.access,
             queue,
             hub,
             live,
@@ -128,7 +134,15 @@ impl Session {
         all: bool,
         ack: Option<Utf8Bytes>,
     ) -> Result<(), Refusal> {
-        policy::check(&self.subs, subscribe, &keys, all, &self.live.get())?;
+        let config = self.live.get();
+        policy::check(
+            &self.subs,
+            subscribe,
+            &keys,
+            all,
+            &config,
+            &self.access.grants,
+        )?;
         for key in &keys {
             if subscribe {
                 self.subs.insert(key.clone());
@@ -153,9 +167,16 @@ impl Session {
         Ok(())
     }
 
-    /// True when the reloaded config no longer accepts this session's token.
+    /// True when the reloaded config no longer accepts this session's
+    /// token: a static token removed, a JWT that does not verify with the
+    /// re-read key, or any token (or none) once one is needed.
     pub fn token_revoked(&self) -> bool {
-        !auth::token_allowed(self.token.as_deref(), &self.live.get().auth.tokens)
+        auth::authenticate(self.token.as_deref(), &self.live.get().auth).is_err()
+    }
+
+    /// When the session's token expires (a JWT's `exp`), as a timer deadline.
+    pub fn expires_at(&self) -> Option<tokio::time::Instant> {
+        deadline(self.access.expires?)
     }
 
     /// Leaves the hub; the `max_connections` slot is released with it.
@@ -163,5 +184,17 @@ impl Session {
         self.hub
             .send(Command::Unregister { id: self.name.num })
             .await;
+    }
+}
+
+/// The timer instant of wall-clock time `at`: now when it has passed;
+/// `None` when it is too far ahead for the clock to represent (no timer).
+pub fn deadline(at: SystemTime) -> Option<tokio::time::Instant> {
+    // The wall clock first: the deadline then errs late, never early.
+    let wall = SystemTime::now();
+    let now = tokio::time::Instant::now();
+    match at.duration_since(wall) {
+        Ok(ahead) => now.checked_add(ahead),
+        Err(_) => Some(now),
     }
 }

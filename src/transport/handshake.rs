@@ -1,7 +1,8 @@
 //! The checks every client handshake passes, in SPEC §9's refusal order
 //! after the protocol's own "is this a valid request" check: the query
-//! (subscriptions, limits), the Origin, the token, then capacity. Each
-//! refusal is a status, a metric reason and a one-line reason for the body.
+//! (subscriptions, limits), the Origin, the token, the token's grants
+//! (SPEC §13), then capacity. Each refusal is a status, a metric reason and
+//! a one-line reason for the body.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use hyper::header;
 use hyper::{HeaderMap, StatusCode};
 
-use crate::auth;
+use crate::auth::{self, Access};
 use crate::config::Config;
 use crate::ctx::{Admission, Permit};
 use crate::hub::Resume;
@@ -45,6 +46,8 @@ pub struct Checked {
     /// The token presented (header first, then `token=`); `None` with
     /// [`TokenRule::MayComeLater`] means it must still come.
     pub token: Option<String>,
+    /// What the token allows; `None` while it must still come.
+    pub access: Option<Access>,
     /// The session's `max_connections` slot.
     pub permit: Permit,
 }
@@ -85,12 +88,23 @@ pub fn check(
         .map(str::to_owned)
         .or_else(|| query.token.clone());
     let deferred = rule == TokenRule::MayComeLater && token.is_none();
-    if !deferred && !auth::token_allowed(token.as_deref(), &config.auth.tokens) {
-        return Err(Refused {
-            status: StatusCode::UNAUTHORIZED,
-            reason: "unauthorized",
-            why: "missing or invalid token".into(),
-        });
+    let access = match deferred {
+        true => None,
+        false => Some(
+            auth::authenticate(token.as_deref(), &config.auth).map_err(|e| Refused {
+                status: StatusCode::UNAUTHORIZED,
+                reason: "unauthorized",
+                // Says why (expired, bad signature…), never the token.
+                why: e.to_string(),
+            })?,
+        ),
+    };
+    if let Some(access) = &access {
+        policy::authorize(&access.grants, true, &query.keys, query.all).map_err(|r| Refused {
+            status: StatusCode::FORBIDDEN,
+            reason: "forbidden",
+            why: format!("forbidden: {r}"),
+        })?;
     }
     let Some(permit) = admission.try_acquire(config.limits.max_connections) else {
         return Err(Refused {
@@ -102,6 +116,7 @@ pub fn check(
     Ok(Checked {
         query,
         token,
+        access,
         permit,
     })
 }
@@ -182,7 +197,7 @@ pub fn parse_query(query: &str, config: &Config) -> Result<Query, String> {
             }
         }
     }
-    policy::check(&HashSet::new(), true, &q.keys, q.all, config).map_err(|r| match r {
+    policy::limits(&HashSet::new(), true, &q.keys, q.all, config).map_err(|r| match r {
         policy::Refusal::TooManySubscriptions { adding, max, .. } => {
             format!("{adding} subscriptions asked for; max_subscriptions is {max}")
         }

@@ -26,7 +26,7 @@ use super::Server;
 use crate::hub::queue::{Outbound, Signal};
 use crate::hub::Welcome;
 use crate::metrics::{ListenerLabel, Metrics};
-use crate::session::{Admitted, Session};
+use crate::session::{Admitted, Refusal, Session};
 use crate::util::id::random_u64;
 use crate::wire::studio::{self, ClientFrame, ErrorCode, FrameError};
 use crate::wire::{close, Wire};
@@ -68,12 +68,24 @@ pub fn handshake(
         Ok(c) => c,
         Err(r) => return server.refuse(at.peer, r),
     };
+    // `Required` means the token was checked; never admit without it.
+    let Some(access) = checked.access else {
+        return server.refuse(
+            at.peer,
+            Refused {
+                status: StatusCode::UNAUTHORIZED,
+                reason: "unauthorized",
+                why: "missing token".into(),
+            },
+        );
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let admitted = Admitted {
         name: server.ids.next(),
         keys: checked.query.keys,
         all: checked.query.all,
         token: checked.token,
+        access,
         permit: checked.permit,
         resume: checked.query.since,
     };
@@ -135,6 +147,8 @@ pub(crate) async fn accept(
 /// Why the loop ended: a close to send, or nothing to send.
 enum Exit {
     Close(u16),
+    /// The token's `exp` came: 1008 `token expired`.
+    Expired,
     Gone,
 }
 
@@ -178,12 +192,17 @@ async fn run(on_upgrade: OnUpgrade, admitted: Admitted, listener: Arc<str>, serv
     };
     match session {
         Some(mut session) => {
-            if let Exit::Close(code) = conn.serve(&mut session).await {
-                conn.close(code).await;
+            match conn.serve(&mut session).await {
+                Exit::Close(code) => conn.close(code, close::reason(code)).await,
+                Exit::Expired => conn.close(close::POLICY, close::TOKEN_EXPIRED).await,
+                Exit::Gone => {}
             }
             session.close().await;
         }
-        None => conn.close(close::GOING_AWAY).await,
+        None => {
+            conn.close(close::GOING_AWAY, close::reason(close::GOING_AWAY))
+                .await
+        }
     }
     metrics.connections_open.get_or_create(&label).dec();
 }
@@ -206,7 +225,10 @@ impl Conn {
         // wakeup per event must not cost two timer-wheel insertions.
         let ping = tokio::time::sleep(ping_every);
         let idle_deadline = tokio::time::sleep(idle);
-        tokio::pin!(ping, idle_deadline);
+        // Armed once at the token's `exp` (SPEC §13); no token expiry, no arm.
+        let expires_at = session.expires_at();
+        let expiry = tokio::time::sleep_until(expires_at.unwrap_or_else(Instant::now));
+        tokio::pin!(ping, idle_deadline, expiry);
         loop {
             tokio::select! {
                 biased;
@@ -216,10 +238,16 @@ impl Conn {
                     Signal::Reload => {
                         if session.token_revoked() {
                             tracing::info!("token no longer valid after reload; closing with 1008");
+                            self.metrics.reject("unauthorized");
                             return Exit::Close(close::POLICY);
                         }
                     }
                 },
+                _ = &mut expiry, if expires_at.is_some() => {
+                    tracing::info!("token expired; closing with 1008");
+                    self.metrics.reject("unauthorized");
+                    return Exit::Expired;
+                }
                 n = session.queue().recv_many(&mut self.buf, WRITE_BATCH) => {
                     if n == 0 {
                         // The hub is gone: the relay is shutting down.
@@ -294,7 +322,7 @@ impl Conn {
 
     async fn on_message(&mut self, msg: Message, session: &mut Session) -> Option<Exit> {
         match msg {
-            Message::Text(text) => match on_text(&text, session).await {
+            Message::Text(text) => match on_text(&text, session, &self.metrics).await {
                 Some(frame) => self.send_now(Message::Text(frame)).await.err(),
                 None => None,
             },
@@ -357,8 +385,7 @@ impl Conn {
     /// Sends a close frame (a slow reader gets `write_timeout` to take it),
     /// then waits briefly for the client's reply so the frame is not lost
     /// to a TCP reset.
-    async fn close(&mut self, code: u16) {
-        let reason = close::reason(code);
+    async fn close(&mut self, code: u16, reason: &'static str) {
         tracing::debug!(code, reason, "closing");
         let frame = CloseFrame {
             code: CloseCode::from(code),
@@ -377,7 +404,7 @@ impl Conn {
 
 /// Handles a client text frame; returns a frame to send right away
 /// (pong or error). Acks travel through the hub and the queue.
-async fn on_text(text: &str, session: &mut Session) -> Option<Utf8Bytes> {
+async fn on_text(text: &str, session: &mut Session, metrics: &Metrics) -> Option<Utf8Bytes> {
     let config = session.live().get();
     let (subscribe, change) = match studio::parse_client_frame(text, &config.routable_fields()) {
         Ok(ClientFrame::Ping) => return Some(studio::PONG),
@@ -391,7 +418,13 @@ async fn on_text(text: &str, session: &mut Session) -> Option<Utf8Bytes> {
         .await
     {
         Ok(()) => None,
-        Err(refusal) => Some(studio::error(&FrameError::from(refusal))),
+        Err(refusal) => {
+            if let Refusal::Forbidden(denied) = &refusal {
+                tracing::debug!(why = %denied, "subscribe forbidden");
+                metrics.reject("forbidden");
+            }
+            Some(studio::error(&FrameError::from(refusal)))
+        }
     }
 }
 

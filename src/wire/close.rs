@@ -18,6 +18,10 @@ pub const INTERNAL: u16 = 1011;
 /// Slow consumer (SPEC §6).
 pub const SLOW: u16 = 1013;
 
+/// The reason sent with [`POLICY`] when the connection's JWT expires
+/// (SPEC §13); a revoked token gets [`reason`]'s `token revoked`.
+pub const TOKEN_EXPIRED: &str = "token expired";
+
 /// The reason text sent with `code`.
 pub fn reason(code: u16) -> &'static str {
     match code {

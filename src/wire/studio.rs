@@ -22,6 +22,8 @@ pub enum ErrorCode {
     FirehoseDisabled,
     /// A binary frame.
     Unsupported,
+    /// A subscription the token's grants do not cover (SPEC §13).
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -34,6 +36,7 @@ impl ErrorCode {
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::FirehoseDisabled => "firehose_disabled",
             ErrorCode::Unsupported => "unsupported",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }

@@ -27,7 +27,7 @@ use crate::ctx::{ConnName, Permit};
 use crate::hub::queue::{ConnShared, Outbound, Signal};
 use crate::hub::{Restore, Resume, Welcome};
 use crate::metrics::{ListenerLabel, TransportLabel};
-use crate::session::{policy, Admitted, Session};
+use crate::session::{policy, Admitted, Refusal, Session};
 use crate::transport::Server;
 use crate::util::id::secret_id;
 use crate::wire::socketio::{self, ClientPacket, Subscription};
@@ -118,6 +118,9 @@ pub struct Opening {
 enum End {
     /// Close the websocket with this code / answer a pending poll with `1`.
     Close(u16),
+    /// The token's `exp` came (SPEC §13): as `Close(1008)`, with the reason
+    /// `token expired`.
+    Expired,
     /// Nothing more to send: the transport closed or broke, or the client
     /// stopped answering pings. It may come back with its pid.
     Gone,
@@ -259,10 +262,19 @@ impl Driver {
         let heartbeat = tokio::time::sleep(self.ping_every);
         tokio::pin!(heartbeat);
         let mut awaiting_pong = false;
+        // The token is known at CONNECT: the timer is armed (reset) then,
+        // at its `exp`, once.
+        let expiry = tokio::time::sleep(self.ping_every);
+        tokio::pin!(expiry);
+        let mut expiring = false;
         let mut control: Option<Arc<ConnShared>> = None;
         loop {
             if control.is_none() {
                 control = self.session.as_ref().map(Session::control);
+                if let Some(at) = self.session.as_ref().and_then(Session::expires_at) {
+                    expiry.as_mut().reset(at);
+                    expiring = true;
+                }
             }
             let writable = self.ws.is_some() || self.poll.is_some();
             tokio::select! {
@@ -273,10 +285,16 @@ impl Driver {
                     Signal::Reload => {
                         if self.session.as_ref().is_some_and(Session::token_revoked) {
                             tracing::info!("token no longer valid after reload; closing");
+                            self.server.metrics.reject("unauthorized");
                             return End::Close(close::POLICY);
                         }
                     }
                 },
+                _ = &mut expiry, if expiring => {
+                    tracing::info!("token expired; closing");
+                    self.server.metrics.reject("unauthorized");
+                    return End::Expired;
+                }
                 req = self.rx.recv() => match req {
                     Some(req) => {
                         if let Err(end) = self.on_request(req).await {
@@ -538,13 +556,19 @@ impl Driver {
             }
         };
         let token = opening.token.clone().or(asked.token);
-        if !crate::auth::token_allowed(token.as_deref(), &config.auth.tokens) {
-            self.server.metrics.reject("unauthorized");
-            self.out
-                .push(socketio::connect_error(nsp, socketio::UNAUTHORIZED));
-            self.pending = Some(opening);
-            return;
-        }
+        // Checked again even when the handshake carried it: it may have
+        // expired, or a reload changed the key, since.
+        let access = match crate::auth::authenticate(token.as_deref(), &config.auth) {
+            Ok(access) => access,
+            Err(e) => {
+                tracing::debug!(error = %e, "CONNECT refused");
+                self.server.metrics.reject("unauthorized");
+                self.out
+                    .push(socketio::connect_error(nsp, socketio::UNAUTHORIZED));
+                self.pending = Some(opening);
+                return;
+            }
+        };
         let mut keys = opening.keys.clone();
         for k in asked.change.keys {
             if !keys.contains(&k) {
@@ -552,12 +576,32 @@ impl Driver {
             }
         }
         let mut all = opening.all || asked.change.all;
-        if keys.is_empty() && !all && config.socketio.unsubscribed == Unsubscribed::All {
+        // `unsubscribed = "all"` is a default, not a request: a token
+        // without the firehose grant stays on global events.
+        if keys.is_empty()
+            && !all
+            && config.socketio.unsubscribed == Unsubscribed::All
+            && access.grants.allows_firehose()
+        {
             all = true;
         }
-        if let Err(r) = policy::check(&Default::default(), true, &keys, all, &config) {
-            self.out
-                .push(socketio::connect_refused(&FrameError::from(r)));
+        if let Err(r) = policy::check(
+            &Default::default(),
+            true,
+            &keys,
+            all,
+            &config,
+            &access.grants,
+        ) {
+            let refusal = match &r {
+                Refusal::Forbidden(denied) => {
+                    tracing::debug!(why = %denied, "CONNECT forbidden");
+                    self.server.metrics.reject("forbidden");
+                    socketio::connect_error(nsp, socketio::FORBIDDEN)
+                }
+                _ => socketio::connect_refused(&FrameError::from(r)),
+            };
+            self.out.push(refusal);
             self.pending = Some(opening);
             return;
         }
@@ -570,10 +614,13 @@ impl Driver {
         };
         let resume = asked.recover.as_ref().map(|r| {
             let restorable = parked.as_ref().filter(|p| {
-                // The old subscriptions must still fit the (reloaded) limits.
+                // The old subscriptions must still fit the (reloaded) limits
+                // and this connection's grants: a token with fewer grants
+                // must not inherit what another one subscribed to.
                 let mut union = keys.clone();
                 union.extend(p.keys.iter().filter(|k| !keys.contains(k)).cloned());
-                policy::check(&Default::default(), true, &union, all || p.all, &config).is_ok()
+                let (all, grants) = (all || p.all, &access.grants);
+                policy::check(&Default::default(), true, &union, all, &config, grants).is_ok()
             });
             // No offset: the client has had no event since the pid was
             // first handed out, so everything after the floor is missed.
@@ -616,6 +663,7 @@ impl Driver {
             keys,
             all,
             token,
+            access,
             permit: opening.permit,
             resume,
         };
@@ -704,10 +752,14 @@ impl Driver {
                     Subscription::Subscribe(c) => (true, c),
                     Subscription::Unsubscribe(c) => (false, c),
                 };
-                session
+                let changed = session
                     .change(subscribe, change.keys, change.all, id.map(socketio::ack_ok))
-                    .await
-                    .map_err(FrameError::from)
+                    .await;
+                if let Err(Refusal::Forbidden(denied)) = &changed {
+                    tracing::debug!(why = %denied, "subscribe forbidden");
+                    self.server.metrics.reject("forbidden");
+                }
+                changed.map_err(FrameError::from)
             }
             Err(e) => Err(e),
         };
@@ -790,12 +842,18 @@ impl Driver {
                 packet::CLOSE.as_bytes(),
             )));
         }
-        let (Some(ws), End::Close(code)) = (self.ws.as_mut(), end) else {
+        let (code, reason) = match end {
+            End::Close(code) => (code, close::reason(code)),
+            End::Expired => (close::POLICY, close::TOKEN_EXPIRED),
+            // Gone, left: nothing to send.
+            _ => return,
+        };
+        let Some(ws) = self.ws.as_mut() else {
             return;
         };
         let frame = CloseFrame {
             code: CloseCode::from(code),
-            reason: close::reason(code).into(),
+            reason: reason.into(),
         };
         if let Ok(Ok(())) = timeout(self.write_timeout, ws.close(Some(frame))).await {
             let _ = timeout(CLOSE_REPLY_TIMEOUT, async {
