@@ -265,6 +265,9 @@ run_case studio routed "$BN" --agents "$BA" --duration "$D"
 # Idle: the relay needs max_connections (200000 in its config) and an
 # open-file limit above N; so does the load generator.
 FALLBACK_DONE=0
+wanted_idle=1
+if [ -n "${ONLY_SCENARIOS:-}" ]; then case " $ONLY_SCENARIOS " in *" idle "*) ;; *) wanted_idle=0 ;; esac; fi
+[ "$wanted_idle" = 1 ] || IDLE=()
 for n in "${IDLE[@]}"; do
   if [ "$n" -gt $(( NOFILE - 2048 )) ]; then
     run_case studio idle "$n"   # prints the SKIP line
