@@ -13,6 +13,11 @@
 # Needs: redis-server, curl; node + npm for the peers (skipped without them);
 # target/release/studio-relay for studio-relay (skipped with a message until
 # it is built: `cargo build --release`).
+# studio-tls is studio-relay on a TLS listener (a throwaway self-signed
+# certificate made by the load generator, which connects with wss:// trusting
+# it), fanout and routed, beside the plain studio rows.
+# Env: SKIP_LABELS="a b" leaves labels out; ONLY_LABELS / ONLY_SCENARIOS run
+# only those (e.g. ONLY_LABELS="studio studio-tls" ONLY_SCENARIOS="fanout routed").
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -27,7 +32,7 @@ while [ $# -gt 0 ]; do
     --studio-only) STUDIO_ONLY=1 ;;
     --skip-build) BUILD=0 ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -74,6 +79,10 @@ if [ "$BUILD" = 1 ]; then
   (cd "$ROOT" && cargo build --release -q -p studio-relay-bench)
 fi
 [ -x "$BENCH" ] || { echo "missing $BENCH" >&2; exit 1; }
+# studio-tls: the relay on a TLS listener with a throwaway self-signed
+# certificate, made here; the load generator trusts exactly it.
+TLS_DIR="$WORK/tls"
+"$BENCH" --gen-cert "$TLS_DIR"
 
 HAVE_STUDIO=1
 if [ ! -x "$RELAY" ]; then
@@ -153,16 +162,21 @@ start_target() {
   local kind=$1 log="$WORK/$1.log"
   TARGET_PORT=$(free_port)
   case "$kind" in
-    studio|studio-sio|studio-poll|studio-adapter|studio-history)
+    studio|studio-tls|studio-sio|studio-poll|studio-adapter|studio-history)
       [ "$HAVE_STUDIO" = 1 ] || return 1
-      local history=0
+      local history=0 tls="" scheme=http
       [ "$kind" = studio-history ] && history=100000
+      if [ "$kind" = studio-tls ]; then
+        tls=$(printf 'tls_cert = "%s"\ntls_key = "%s"' "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem")
+        scheme=https
+      fi
       cat >"$WORK/relay.toml" <<EOF
 [redis]
 url = "redis://127.0.0.1:$REDIS_PORT"
 socketio_adapter = true
 [[listeners]]
 bind = "127.0.0.1:$TARGET_PORT"
+$tls
 [limits]
 max_connections = 200000
 [history]
@@ -170,7 +184,7 @@ size = $history
 EOF
       REDIS_URL="redis://127.0.0.1:$REDIS_PORT" "$RELAY" --config "$WORK/relay.toml" >"$log" 2>&1 &
       TARGET_PID=$!
-      if ! wait_for 20 curl -fsS -o /dev/null "http://127.0.0.1:$TARGET_PORT/healthz"; then
+      if ! wait_for 20 curl -fsS --cacert "$TLS_DIR/cert.pem" -o /dev/null "$scheme://127.0.0.1:$TARGET_PORT/healthz"; then
         log "studio-relay did not become healthy:"; tail -20 "$log" >&2; return 1
       fi ;;
     socketio|socketio-rooms|ws)
@@ -198,10 +212,14 @@ run_case() {
     studio-poll) target=socketio-polling ;;
     studio-adapter) target=studio; set -- "$@" --adapter ;;
     studio-history) target=studio ;;
+    studio-tls) target=studio; set -- "$@" --tls-ca "$TLS_DIR/cert.pem" ;;
   esac
   if [ "$STUDIO_ONLY" = 1 ] && [ "${label#studio}" = "$label" ]; then return 0; fi
   # SKIP_LABELS="studio-sio studio-poll": e.g. to compare with a build that has no Socket.IO.
   case " ${SKIP_LABELS:-} " in *" $label "*) return 0 ;; esac
+  # ONLY_LABELS="studio studio-tls" / ONLY_SCENARIOS="fanout routed": a subset, on a busy machine.
+  if [ -n "${ONLY_LABELS:-}" ]; then case " $ONLY_LABELS " in *" $label "*) ;; *) return 0 ;; esac; fi
+  if [ -n "${ONLY_SCENARIOS:-}" ]; then case " $ONLY_SCENARIOS " in *" $scenario "*) ;; *) return 0 ;; esac; fi
   if [ "$clients" -gt $(( NOFILE - 2048 )) ]; then
     log "SKIP $label $scenario N=$clients: open-file limit is $NOFILE (needs > $clients + 2048 for the loadgen and the relay; raise the hard limit, e.g. LimitNOFILE= or as a privileged user)"
     echo "SKIP $label $scenario N=$clients: open-file limit $NOFILE" >>"$OUT"
@@ -234,17 +252,24 @@ fi
 # studio-history: the same relay keeping 100,000 events for resumes. redis on
 # the routed job: each subscriber SUBSCRIBEs its agent's own channel and each
 # event is published there (Redis routing by itself, no relay).
+# studio-tls: the same native clients over wss:// (TLS 1.3, rustls on both
+# ends), printed beside the plain studio row.
 PEERS_ALL=(studio studio-sio studio-poll socketio ws redis)
-for t in studio-adapter studio-history "${PEERS_ALL[@]}"; do run_case "$t" fanout "$N" --duration "$D"; done
+for t in studio-adapter studio-history studio studio-tls studio-sio studio-poll socketio ws redis; do
+  run_case "$t" fanout "$N" --duration "$D"
+done
 for r in 1000 100; do
   for t in "${PEERS_ALL[@]}"; do run_case "$t" rate "$N" --rate "$r" --duration "$D"; done
 done
-for t in studio studio-adapter studio-history studio-sio studio-poll socketio-rooms socketio redis; do run_case "$t" routed "$RN" --agents "$RA" --duration "$D"; done
+for t in studio studio-tls studio-adapter studio-history studio-sio studio-poll socketio-rooms socketio redis; do run_case "$t" routed "$RN" --agents "$RA" --duration "$D"; done
 run_case studio routed "$BN" --agents "$BA" --duration "$D"
 
 # Idle: the relay needs max_connections (200000 in its config) and an
 # open-file limit above N; so does the load generator.
 FALLBACK_DONE=0
+wanted_idle=1
+if [ -n "${ONLY_SCENARIOS:-}" ]; then case " $ONLY_SCENARIOS " in *" idle "*) ;; *) wanted_idle=0 ;; esac; fi
+[ "$wanted_idle" = 1 ] || IDLE=()
 for n in "${IDLE[@]}"; do
   if [ "$n" -gt $(( NOFILE - 2048 )) ]; then
     run_case studio idle "$n"   # prints the SKIP line

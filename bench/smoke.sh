@@ -7,7 +7,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${1:-$ROOT/target/debug}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-RP=$(free_port); WP=$(free_port)
+RP=$(free_port); WP=$(free_port); TP=$(free_port)
 tmp=$(mktemp -d)
 cleanup() { kill "${RELAY:-}" "${REDIS:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
 trap cleanup EXIT
@@ -15,7 +15,10 @@ trap cleanup EXIT
 redis-server --port "$RP" --bind 127.0.0.1 --save '' --appendonly no --dir "$tmp" >/dev/null &
 REDIS=$!
 until redis-cli -p "$RP" ping >/dev/null 2>&1; do sleep 0.05; done
-printf '[redis]\nurl = "redis://127.0.0.1:%s"\nsocketio_adapter = true\n[[listeners]]\nbind = "127.0.0.1:%s"\n[log]\nlevel = "warn"\n' "$RP" "$WP" > "$tmp/relay.toml"
+# A second listener speaks TLS, with a throwaway certificate the bench makes.
+"$BIN/studio-relay-bench" --gen-cert "$tmp/tls"
+printf '[redis]\nurl = "redis://127.0.0.1:%s"\nsocketio_adapter = true\n[[listeners]]\nbind = "127.0.0.1:%s"\n[[listeners]]\nbind = "127.0.0.1:%s"\ntls_cert = "%s"\ntls_key = "%s"\n[log]\nlevel = "warn"\n' \
+  "$RP" "$WP" "$TP" "$tmp/tls/cert.pem" "$tmp/tls/key.pem" > "$tmp/relay.toml"
 "$BIN/studio-relay" --config "$tmp/relay.toml" 2> "$tmp/relay.log" &
 RELAY=$!
 until curl -fsS "http://127.0.0.1:$WP/healthz" >/dev/null 2>&1; do sleep 0.05; done
@@ -25,9 +28,12 @@ for args in "--target studio --scenario fanout --clients 20" "--target studio --
             "--target studio --scenario rate --rate 200 --clients 20" \
             "--target socketio --scenario routed --clients 40 --agents 4" \
             "--target socketio-polling --scenario fanout --clients 20" \
-            "--target studio --scenario routed --clients 40 --agents 4 --adapter"; do
+            "--target studio --scenario routed --clients 40 --agents 4 --adapter" \
+            "--target studio --scenario fanout --clients 20 --tls-ca $tmp/tls/cert.pem"; do
+  port=$WP
+  case "$args" in *--tls-ca*) port=$TP ;; esac
   # shellcheck disable=SC2086
-  line=$("$BIN/studio-relay-bench" --url "127.0.0.1:$WP" --redis "redis://127.0.0.1:$RP" \
+  line=$("$BIN/studio-relay-bench" --url "127.0.0.1:$port" --redis "redis://127.0.0.1:$RP" \
     --pid "$RELAY" --duration 1 --warmup-secs 0 --json-only $args | grep '^RESULT ' || true)
   echo "smoke: $args -> ${line:-no RESULT line}" | cut -c1-400
   echo "$line" | python3 -c 'import json,sys

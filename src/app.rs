@@ -132,9 +132,16 @@ impl Relay {
         self.metrics.clone()
     }
 
-    /// Runs until `shutdown` is cancelled, then drains: connections flush
-    /// what is queued and close with 1001 within `shutdown_grace_ms`.
+    /// Runs until `shutdown` is cancelled, then drains: `/healthz` fails
+    /// and new sessions are refused at once; after `drain_delay_ms`
+    /// connections flush what is queued and close with 1001; the listeners
+    /// close last. All within `shutdown_grace_ms`.
     pub async fn run(self, shutdown: CancellationToken) {
+        // `shutdown` starts the drain; `close` (what every task awaits) is
+        // cancelled once the drain delay has passed; `accepting` once the
+        // connections are gone, so the listeners answer `/healthz` until then.
+        let close = CancellationToken::new();
+        let accepting = CancellationToken::new();
         let live = Live::new(self.live_tx.subscribe());
         let config = live.get();
         let instance = InstanceId::random();
@@ -149,13 +156,13 @@ impl Relay {
             Arc::new(Admission::default()),
             health.clone(),
             ConnIds::new(instance.clone()),
-            shutdown.clone(),
+            close.clone(),
             TaskTracker::new(),
         ));
 
         let core = TaskTracker::new();
         let hub = Hub::new(self.metrics.clone());
-        core.spawn(hub.run(commands, ingest_rx, live.watch(), shutdown.clone()));
+        core.spawn(hub.run(commands, ingest_rx, live.watch(), close.clone()));
         let sources = self.sources.unwrap_or_else(|| source::configured(&config));
         for source in sources {
             let name = source.name();
@@ -171,11 +178,11 @@ impl Relay {
                 metrics: self.metrics.clone(),
                 instance: instance.clone(),
             };
-            core.spawn(source.run(ctx, shutdown.clone()));
+            core.spawn(source.run(ctx, close.clone()));
         }
         drop(ingest_tx);
         let publisher = server.clone();
-        let stop = shutdown.clone();
+        let stop = close.clone();
         core.spawn(async move { publisher.publish.run(stop).await });
         let mut reloadable = Vec::new();
         for Serving { socket, addr, tls } in self.listeners {
@@ -205,31 +212,47 @@ impl Relay {
                 name,
                 server.clone(),
                 acceptor,
+                accepting.clone(),
             ));
         }
         if !reloadable.is_empty() {
-            core.spawn(reload_certificates(
-                live.watch(),
-                reloadable,
-                shutdown.clone(),
-            ));
+            core.spawn(reload_certificates(live.watch(), reloadable, close.clone()));
         }
         core.close();
 
         shutdown.cancelled().await;
-        // The grace as of now: a reload may have changed it.
-        let grace = Duration::from_millis(live.get().limits.shutdown_grace_ms);
+        // Fail the health check first, so a load balancer stops sending
+        // new clients here before the open ones are told to go.
+        health.set_draining();
+        server.admission.close();
+        // The grace as of now: a reload may have changed it. One deadline
+        // for everything, counted from the signal.
+        let limits = live.get().limits.clone();
+        let grace = Duration::from_millis(limits.shutdown_grace_ms);
+        let deadline = tokio::time::Instant::now() + grace;
         tracing::info!(
             connections = server.admission.open(),
-            grace_ms = grace.as_millis() as u64,
+            grace_ms = limits.shutdown_grace_ms,
+            drain_delay_ms = limits.drain_delay_ms,
             "shutting down: draining connections"
         );
+        if limits.drain_delay_ms > 0 {
+            // Clients are still served meanwhile; validation keeps the
+            // delay below the grace.
+            tokio::time::sleep(Duration::from_millis(limits.drain_delay_ms)).await;
+            tracing::info!(
+                connections = server.admission.open(),
+                "drain delay over: closing connections"
+            );
+        }
+        close.cancel();
         server.tasks.close();
-        // One deadline for everything: connections flush, spread their
-        // closes and get their close replies within it; whatever is still
-        // running then is dropped, so the process exits within the grace.
-        let drained = tokio::time::timeout(grace, async {
+        // Connections flush, spread their closes and get their close
+        // replies within the deadline; whatever is still running then is
+        // dropped, so the process exits within the grace.
+        let drained = tokio::time::timeout_at(deadline, async {
             server.tasks.wait().await;
+            accepting.cancel();
             core.wait().await;
         })
         .await;

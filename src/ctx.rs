@@ -42,10 +42,12 @@ impl Live {
     }
 }
 
-/// Counts client sessions across all listeners against `max_connections`.
+/// Counts client sessions across all listeners against `max_connections`,
+/// and stops admitting any once the relay drains.
 #[derive(Debug, Default)]
 pub struct Admission {
     open: AtomicUsize,
+    closed: AtomicBool,
 }
 
 impl Admission {
@@ -65,6 +67,17 @@ impl Admission {
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
+
+    /// From now on no new session is admitted (the relay is draining);
+    /// slots already held stay until their sessions end.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// True once [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
 }
 
 /// A slot counted against `max_connections`, released on drop.
@@ -79,14 +92,27 @@ impl Drop for Permit {
     }
 }
 
-/// Whether each configured source is live; `/healthz` reads it. Any source
-/// registers itself by name and sets its own flag.
+/// Whether each configured source is live, and whether the relay is
+/// draining; `/healthz` reads it. Any source registers itself by name and
+/// sets its own flag.
 #[derive(Debug, Default)]
 pub struct Health {
     sources: Mutex<Vec<(&'static str, Arc<AtomicBool>)>>,
+    draining: AtomicBool,
 }
 
 impl Health {
+    /// The relay is shutting down: `/healthz` fails from now on, so a load
+    /// balancer stops sending new clients before the open ones are closed.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// True once the shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     /// Adds a source (down until it says otherwise) and returns its flag.
     pub fn register(&self, name: &'static str) -> SourceHealth {
         let flag = Arc::new(AtomicBool::new(false));
@@ -199,6 +225,8 @@ mod tests {
         drop(p1);
         assert_eq!(a.open(), 1);
         assert!(a.try_acquire(2).is_some());
+        a.close();
+        assert!(a.is_closed());
     }
 
     #[test]
@@ -213,6 +241,9 @@ mod tests {
         assert!(h.all_up());
         n.set(false);
         assert_eq!(h.sources(), vec![("redis", true), ("nats", false)]);
+        assert!(!h.is_draining());
+        h.set_draining();
+        assert!(h.is_draining());
     }
 
     #[test]

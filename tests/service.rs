@@ -148,6 +148,63 @@ async fn sigint_closes_idle_clients_on_every_listener_within_the_grace() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_delay_fails_healthz_first_then_closes_clients_and_keeps_serving_meanwhile() {
+    let redis = Redis::start().await;
+    let (grace, delay) = (Duration::from_millis(3000), Duration::from_millis(800));
+    let mut relay = Relay::with_extra(
+        &redis,
+        &format!(
+            "[limits]\nshutdown_grace_ms = {}\ndrain_delay_ms = {}\n",
+            grace.as_millis(),
+            delay.as_millis()
+        ),
+    )
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        clients.push(Client::connect(relay.addrs[i % 2], "agentId=a").await);
+    }
+    let signalled = Instant::now();
+    relay.signal("TERM");
+    // /healthz fails at once: well before the delay is over.
+    relay.wait_health(503).await;
+    let failed_after = signalled.elapsed();
+    assert!(
+        failed_after < delay,
+        "healthz failed only after {failed_after:?}"
+    );
+    let (_, v) = relay.health().await;
+    assert_eq!(v["status"], "draining", "{v}");
+    assert_eq!(v["redis"], "up", "{v}");
+    // New sessions are refused, the open ones are still served.
+    let r = http(relay.addrs[1], "GET", "/ws?agentId=a", &ws_headers())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503, "{}", r.head);
+    redis
+        .publish(CH, r#"{"agentId":"a","during":"delay"}"#)
+        .await;
+    for c in &mut clients {
+        assert_eq!(c.next_json().await["data"]["during"], "delay");
+    }
+    for c in &mut clients {
+        assert_eq!(c.expect_close().await.0, 1001);
+    }
+    let closed_after = signalled.elapsed();
+    assert!(
+        closed_after >= delay,
+        "clients closed after {closed_after:?}, before the {delay:?} drain delay"
+    );
+    assert_eq!(relay.exited(WAIT).await, Some(0), "{}", relay.log_text());
+    let took = signalled.elapsed();
+    assert!(took < grace, "exit took {took:?}, grace is {grace:?}");
+    // The listeners closed with the process.
+    assert!(tokio::net::TcpStream::connect(relay.addrs[0])
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_sigterm_exits_at_once_while_the_drain_waits_on_a_stuck_client() {
     let redis = Redis::start().await;
     let mut relay = Relay::with_extra(
@@ -170,15 +227,18 @@ async fn second_sigterm_exits_at_once_while_the_drain_waits_on_a_stuck_client() 
     relay
         .wait_log(from, "shutting down: draining connections")
         .await;
-    // Stopped accepting: both ports refuse new connections while draining.
-    for addr in relay.addrs.clone() {
-        let deadline = Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(addr).await.is_ok() {
-            assert!(Instant::now() < deadline, "{addr} still accepting");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
     assert_eq!(reader.expect_close().await.0, 1001);
+    // Stopped accepting clients, not health checks: while the drain waits,
+    // both ports answer /healthz 503 "draining" and refuse new sessions.
+    for addr in relay.addrs.clone() {
+        let r = http(addr, "GET", "/healthz", &[]).await.unwrap();
+        assert_eq!(r.status, 503, "{}", r.body);
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["status"], "draining", "{v}");
+        let r = http(addr, "GET", "/ws", &ws_headers()).await.unwrap();
+        assert_eq!(r.status, 503, "{}", r.head);
+        assert!(r.body.contains("shutting down"), "{}", r.body);
+    }
 
     let signalled = Instant::now();
     relay.signal("TERM");

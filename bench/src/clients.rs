@@ -12,7 +12,7 @@ use bytes::{Buf, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use studio_relay_bench::resp::{self, Item, RedisUrl};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -75,6 +75,8 @@ pub struct Ctx {
     pub live_firehose: AtomicU64,
     pub live_agent: Vec<AtomicU64>,
     pub bcast_got: [AtomicUsize; BCAST_SLOTS],
+    /// `wss://`: each WebSocket client does a TLS handshake trusting this.
+    pub tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl Ctx {
@@ -119,6 +121,7 @@ impl Ctx {
             live_firehose: AtomicU64::new(0),
             live_agent: (0..agents.max(1)).map(|_| AtomicU64::new(0)).collect(),
             bcast_got: Default::default(),
+            tls: None,
         })
     }
 
@@ -368,7 +371,9 @@ fn text(m: &Message) -> Option<&[u8]> {
     }
 }
 
-async fn next_frame(ws: &mut WebSocketStream<TcpStream>) -> Result<Message> {
+async fn next_frame<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+) -> Result<Message> {
     match ws.next().await {
         Some(Ok(Message::Close(f))) => bail!("closed before ready: {}", close_desc(f.as_ref())),
         Some(m) => Ok(m?),
@@ -385,17 +390,48 @@ fn close_desc(f: Option<&tokio_tungstenite::tungstenite::protocol::CloseFrame>) 
 
 async fn ws_client(ctx: &Ctx, idx: usize, want: Want, gate: &Semaphore) -> Result<()> {
     let permit = gate.acquire().await?;
+    let path = ws_path(ctx, want);
+    match &ctx.tls {
+        None => {
+            let url = format!("ws://{}{path}", ctx.host_port);
+            let connect = ctx.tcp_connect(idx, ctx.target_addr);
+            ws_session(ctx, idx, want, permit, &url, connect).await
+        }
+        Some(tls) => {
+            let url = format!("wss://{}{path}", ctx.host_port);
+            let connect = async {
+                let tcp = ctx.tcp_connect(idx, ctx.target_addr).await?;
+                let name = crate::tls::server_name(ctx.target_addr.ip());
+                tls.connect(name, tcp).await.context("tls handshake")
+            };
+            ws_session(ctx, idx, want, permit, &url, connect).await
+        }
+    }
+}
+
+/// One WebSocket client over whatever `connect` yields (TCP, or TLS over
+/// it): the handshake and ready frame under the gate `permit`, then receive.
+async fn ws_session<S, C>(
+    ctx: &Ctx,
+    idx: usize,
+    want: Want,
+    permit: tokio::sync::SemaphorePermit<'_>,
+    url: &str,
+    connect: C,
+) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    C: std::future::Future<Output = Result<S>>,
+{
     let cfg = WebSocketConfig::default()
         .read_buffer_size(ctx.read_buffer)
         .write_buffer_size(0)
         .max_write_buffer_size(1 << 20);
-    let url = format!("ws://{}{}", ctx.host_port, ws_path(ctx, want));
     let ready = async {
-        let stream = ctx.tcp_connect(idx, ctx.target_addr).await?;
-        let (mut ws, _) =
-            tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(cfg))
-                .await
-                .context("websocket handshake")?;
+        let stream = connect.await?;
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(cfg))
+            .await
+            .context("websocket handshake")?;
         match ctx.target {
             Target::Studio => loop {
                 // The relay's first frame, once the subscriptions are live.

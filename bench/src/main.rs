@@ -9,6 +9,7 @@ mod payload;
 mod procfs;
 mod publisher;
 mod report;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,7 +74,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:4456")]
     url: String,
     /// Redis to PUBLISH to (and to subscribe to for --target redis).
-    #[arg(long, required_unless_present = "summarize")]
+    #[arg(long, required_unless_present_any = ["summarize", "gen_cert"])]
     redis: Option<String>,
     /// Number of clients.
     #[arg(long, default_value_t = 1000)]
@@ -147,10 +148,27 @@ struct Args {
     /// summary table with ratios against the `studio` runs.
     #[arg(long, num_args = 1.., value_name = "FILE")]
     summarize: Option<Vec<PathBuf>>,
+    /// Connect with `wss://`, trusting only the certificate(s) in this PEM
+    /// file (targets studio and socketio).
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// Instead of running: write a throwaway self-signed certificate for
+    /// 127.0.0.1 / ::1 / localhost as DIR/cert.pem and DIR/key.pem.
+    #[arg(long, value_name = "DIR")]
+    gen_cert: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(dir) = &args.gen_cert {
+        return match tls::gen_cert(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(files) = &args.summarize {
         return match report::summarize(files) {
             Ok(()) => ExitCode::SUCCESS,
@@ -242,6 +260,12 @@ async fn run(args: &Args) -> Result<Value> {
     if per_agent {
         ctx.agent_channels = Some(args.channel.clone());
     }
+    if let Some(ca) = &args.tls_ca {
+        if !matches!(args.target, Target::Studio | Target::Socketio) {
+            bail!("--tls-ca works with --target studio or socketio");
+        }
+        ctx.tls = Some(tls::connector(ca)?);
+    }
     let ctx = Arc::new(ctx);
     let sample_target = || args.pid.map(|p| procfs::sample(Some(p))).transpose();
     let target_pre = sample_target()?;
@@ -319,6 +343,7 @@ async fn run(args: &Args) -> Result<Value> {
         "target": format!("{:?}", args.target).to_lowercase(),
         "label": args.label.clone().unwrap_or_else(|| format!("{:?}", args.target).to_lowercase()),
         "scenario": format!("{:?}", args.scenario).to_lowercase(),
+        "tls": args.tls_ca.is_some(),
         "clients": n,
         "ready": ready,
         "connect_failed": ctx.failed.load(Ordering::Relaxed),

@@ -310,6 +310,29 @@ pub fn summarize(files: &[PathBuf]) -> Result<()> {
         }
     }
 
+    // TLS cost: the same case over wss:// against plain ws://.
+    for (g, vs) in &groups {
+        let plain = vs.iter().find(|v| s(v, "label") == "studio");
+        let tls = vs.iter().find(|v| s(v, "label") == "studio-tls");
+        let (Some(plain), Some(tls)) = (plain, tls) else {
+            continue;
+        };
+        println!(
+            "  {g:<30} TLS cost (studio-tls / studio): deliv/s {}  cpu/delivery {} ({} vs {} ns)  cpu/event {}",
+            ratio(num(tls, "delivered_per_s"), num(plain, "delivered_per_s")),
+            ratio(
+                num(tls, "target_cpu_ns_per_delivery"),
+                num(plain, "target_cpu_ns_per_delivery")
+            ),
+            s(tls, "target_cpu_ns_per_delivery"),
+            s(plain, "target_cpu_ns_per_delivery"),
+            ratio(
+                num(tls, "target_cpu_us_per_event"),
+                num(plain, "target_cpu_us_per_event")
+            ),
+        );
+    }
+
     // Routed scaling: relay CPU per published event, bigger run vs smaller.
     let routed: Vec<&Value> = rows
         .iter()

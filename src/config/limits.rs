@@ -29,6 +29,10 @@ pub struct LimitsConfig {
     pub write_timeout_ms: u64,
     /// Deadline for the drain on shutdown.
     pub shutdown_grace_ms: u64,
+    /// On shutdown, how long `/healthz` fails (and new sessions are
+    /// refused) before the open connections are closed, so a load balancer
+    /// notices first; part of `shutdown_grace_ms`.
+    pub drain_delay_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -44,11 +48,18 @@ impl Default for LimitsConfig {
             idle_timeout_ms: 60_000,
             write_timeout_ms: 10_000,
             shutdown_grace_ms: 5000,
+            drain_delay_ms: 0,
         }
     }
 }
 
 impl LimitsConfig {
+    /// What is left of the grace once the drain delay has passed: the time
+    /// connections get to flush and close with 1001.
+    pub fn close_window(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.shutdown_grace_ms.saturating_sub(self.drain_delay_ms))
+    }
+
     /// A zero here would refuse or drop every client, so it is a mistake.
     pub(super) fn validate(&self) -> Checked {
         for (key, value) in [
@@ -67,6 +78,12 @@ impl LimitsConfig {
             return Err(Invalid::new(
                 "limits.max_client_message_bytes",
                 "must be at least 64 (a subscribe frame must fit)",
+            ));
+        }
+        if self.drain_delay_ms > 0 && self.drain_delay_ms >= self.shutdown_grace_ms {
+            return Err(Invalid::new(
+                "limits.drain_delay_ms",
+                "must be below limits.shutdown_grace_ms (the drain needs time left to close clients)",
             ));
         }
         let mut warnings = Vec::new();
@@ -96,6 +113,19 @@ mod tests {
             (e.key.as_str(), e.line, e.column),
             ("limits.send_queue", 3, 14)
         );
+    }
+
+    #[test]
+    fn drain_delay_must_leave_time_to_close() {
+        let e = parse("[limits]\nshutdown_grace_ms = 2000\ndrain_delay_ms = 2000\n").unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("limits.drain_delay_ms", 3));
+        let l = parse("[limits]\nshutdown_grace_ms = 2000\ndrain_delay_ms = 500\n").unwrap();
+        assert_eq!(
+            l.config.limits.close_window(),
+            std::time::Duration::from_millis(1500)
+        );
+        // 0 (the default) is always fine, even with a zero grace.
+        assert!(parse("[limits]\nshutdown_grace_ms = 0\n").is_ok());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The checks every client handshake passes, in SPEC §9's refusal order
 //! after the protocol's own "is this a valid request" check: the query
 //! (subscriptions, limits), the Origin, the token, the token's grants
-//! (SPEC §13), then capacity. Each refusal is a status, a metric reason and
-//! a one-line reason for the body.
+//! (SPEC §13), then capacity (or draining). Each refusal is a status, a
+//! metric reason and a one-line reason for the body.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,6 +15,10 @@ use crate::config::Config;
 use crate::ctx::{Admission, Permit};
 use crate::hub::Resume;
 use crate::session::policy;
+
+/// `relay_handshake_rejections_total` reason for a new session refused
+/// because the relay is draining (503, where `capacity` would be).
+pub const SHUTTING_DOWN: &str = "shutting_down";
 
 /// A refused handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +109,13 @@ pub fn check(
             reason: "forbidden",
             why: format!("forbidden: {r}"),
         })?;
+    }
+    if admission.is_closed() {
+        return Err(Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason: SHUTTING_DOWN,
+            why: "relay is shutting down".into(),
+        });
     }
     let Some(permit) = admission.try_acquire(config.limits.max_connections) else {
         return Err(Refused {

@@ -18,6 +18,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use super::handshake::Refused;
 use super::{ws, Server};
@@ -47,19 +48,22 @@ pub struct Origin {
     pub listener: Arc<str>,
 }
 
-/// Accepts on `listener` until shutdown; each TCP connection gets its own
-/// task. With `tls`, that task does the TLS handshake (never this loop, so a
-/// client that stalls its handshake delays no other).
+/// Accepts on `listener` until `accepting` is cancelled — after the drain,
+/// so `/healthz` keeps answering (503) while clients are closed; each TCP
+/// connection gets its own task. With `tls`, that task does the TLS
+/// handshake (never this loop, so a client that stalls its handshake delays
+/// no other).
 pub async fn serve(
     listener: TcpListener,
     name: Arc<str>,
     server: Arc<Server>,
     tls: Option<Arc<TlsListener>>,
+    accepting: CancellationToken,
 ) {
     let mut backoff = Backoff::new(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
     loop {
         let accepted = tokio::select! {
-            _ = server.shutdown.cancelled() => break,
+            _ = accepting.cancelled() => break,
             r = listener.accept() => r,
         };
         match accepted {
@@ -86,7 +90,7 @@ pub async fn serve(
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(listener = %name, error = %e, "accept failed");
                 tokio::select! {
-                    _ = server.shutdown.cancelled() => break,
+                    _ = accepting.cancelled() => break,
                     _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
             }
@@ -105,9 +109,16 @@ async fn serve_tls(stream: TcpStream, at: Origin, server: Arc<Server>, tls: Arc<
     // The pair in force when the connection arrived; a reload during the
     // handshake does not change it.
     let acceptor = tls.acceptor();
+    // Accepted while connections are being closed: still served (a health
+    // check), within the time an HTTP connection gets at shutdown.
+    let late = server.shutdown.is_cancelled();
+    let handshake_timeout = match late {
+        true => handshake_timeout.min(HTTP_DRAIN),
+        false => handshake_timeout,
+    };
     let accepted = tokio::select! {
         r = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)) => r,
-        _ = server.shutdown.cancelled() => return,
+        _ = server.shutdown.cancelled(), if !late => return,
     };
     let why = match accepted {
         Ok(Ok(stream)) => return serve_http(stream, at, server).await,
@@ -132,29 +143,46 @@ where
             async move { Ok::<_, Infallible>(route(req, at, server).await) }
         })
     };
+    // Accepted while connections are being closed (a load balancer's health
+    // check, a last poll): one request, then close, within `HTTP_DRAIN`.
+    let late = server.shutdown.is_cancelled();
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(handshake_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(!late)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                // hyper answered a request head it could not take (a header
-                // too large, too many of them, bad syntax) with 4xx itself:
-                // count and log it like any other refused handshake.
-                if e.is_parse() || e.is_parse_too_large() {
-                    server.refused(peer, &Refused::bad_request(format!("unreadable request head: {e}")));
-                } else {
-                    tracing::debug!(%peer, error = %e, "http connection ended with error");
-                }
-            }
+    if late {
+        if let Ok(r) = tokio::time::timeout(HTTP_DRAIN, conn).await {
+            ended(&server, peer, r);
         }
+        return;
+    }
+    tokio::select! {
+        r = conn.as_mut() => ended(&server, peer, r),
         _ = server.shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(HTTP_DRAIN, conn).await;
+        }
+    }
+}
+
+/// How an HTTP connection ended, logged (and counted when hyper refused a
+/// request head itself).
+fn ended(server: &Server, peer: SocketAddr, r: Result<(), hyper::Error>) {
+    if let Err(e) = r {
+        // hyper answered a request head it could not take (a header too
+        // large, too many of them, bad syntax) with 4xx itself: count and
+        // log it like any other refused handshake.
+        if e.is_parse() || e.is_parse_too_large() {
+            server.refused(
+                peer,
+                &Refused::bad_request(format!("unreadable request head: {e}")),
+            );
+        } else {
+            tracing::debug!(%peer, error = %e, "http connection ended with error");
         }
     }
 }
@@ -194,9 +222,13 @@ async fn route(
     }
 }
 
+/// `/healthz`: 200 while every source is up; 503 `unavailable` while one
+/// is down, and 503 `draining` from the moment shutdown starts (so a load
+/// balancer takes the relay out before its clients are closed).
 fn health(server: &Server) -> Response<Body> {
     let sources = server.health.sources();
-    let up = sources.iter().all(|(_, up)| *up);
+    let draining = server.health.is_draining();
+    let up = sources.iter().all(|(_, up)| *up) && !draining;
     let state = |up: bool| if up { "up" } else { "down" };
     let redis = sources
         .iter()
@@ -207,7 +239,11 @@ fn health(server: &Server) -> Response<Body> {
         .map(|(name, up)| ((*name).to_owned(), state(*up).into()))
         .collect();
     let body = serde_json::json!({
-        "status": if up { "ok" } else { "unavailable" },
+        "status": match (draining, up) {
+            (true, _) => "draining",
+            (false, true) => "ok",
+            (false, false) => "unavailable",
+        },
         "redis": redis,
         "sources": by_source,
         "connections": server.admission.open(),

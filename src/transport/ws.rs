@@ -362,7 +362,9 @@ impl Conn {
     /// Shutdown: send what is already queued, wait a jittered moment so
     /// thousands of clients do not reconnect in the same millisecond, close 1001.
     async fn drain_for_shutdown(&mut self, session: &mut Session) -> Exit {
-        let grace = Duration::from_millis(session.live().get().limits.shutdown_grace_ms);
+        // The drain delay (health failing, clients still served) has
+        // already taken its part of the grace.
+        let grace = session.live().get().limits.close_window();
         let deadline = Instant::now() + grace;
         loop {
             session.queue().drain_now(&mut self.buf, WRITE_BATCH);
