@@ -227,7 +227,7 @@ impl Subscriber {
         };
         let target = tokio::select! {
             _ = shutdown.cancelled() => return End::Shutdown,
-            t = self.topology.target(&base, timeout) => match t {
+            t = self.topology.target(&base, &self.redis, timeout) => match t {
                 Ok(t) => t,
                 Err(why) => return lost(why),
             },
@@ -521,7 +521,7 @@ pub(crate) fn client_builder(
 }
 
 /// [`client_builder`] for an already parsed (and possibly re-targeted) config.
-fn builder_from(
+pub(crate) fn builder_from(
     mut config: FredConfig,
     redis: &RedisConfig,
     timeout: Duration,

@@ -27,9 +27,13 @@ use fred::types::config::{Config as FredConfig, Server, ServerConfig};
 use fred::types::{Builder, ConnectHandle, CustomCommand, Message, Value};
 use tokio::sync::broadcast;
 
+use crate::config::RedisConfig;
+
 /// While a Sentinel-managed master cannot be reached, retry at least this
 /// often: a failover is decided in seconds, and every try asks again.
 const SENTINEL_RETRY_MAX: Duration = Duration::from_millis(500);
+/// Broadcast capacity of Sentinel clients: a few announcements at most.
+const SENTINEL_CAPACITY: usize = 16;
 
 /// How the configured URL reaches Redis.
 #[derive(Debug)]
@@ -96,7 +100,12 @@ impl Topology {
     }
 
     /// Picks the node for the next session.
-    pub async fn target(&mut self, base: &FredConfig, timeout: Duration) -> Result<Target, String> {
+    pub async fn target(
+        &mut self,
+        base: &FredConfig,
+        redis: &RedisConfig,
+        timeout: Duration,
+    ) -> Result<Target, String> {
         match self {
             Topology::Single => Ok(Target {
                 config: base.clone(),
@@ -111,12 +120,12 @@ impl Topology {
                 let mut last = String::from("no sentinel configured");
                 for i in 0..sentinels.len() {
                     let sentinel = sentinels[i].clone();
-                    match ask_sentinel(base, &sentinel, auth, service, timeout).await {
+                    match ask_sentinel(base, redis, &sentinel, auth, service, timeout).await {
                         Ok((conn, master)) => {
                             // The one that answered goes first next time.
                             sentinels.swap(0, i);
                             let node = describe(&master);
-                            let watch = watch_switches(base, &sentinel, auth, timeout).await;
+                            let watch = watch_switches(base, redis, &sentinel, auth, timeout).await;
                             return Ok(Target {
                                 config: single_node(base, master.clone()),
                                 node,
@@ -299,11 +308,13 @@ impl Conn {
 /// the probes still catch the switch.
 async fn watch_switches(
     base: &FredConfig,
+    redis: &RedisConfig,
     sentinel: &Server,
     auth: &(Option<String>, Option<String>),
     timeout: Duration,
 ) -> Option<Watch> {
-    let client = sentinel_builder(base, sentinel, auth, timeout)
+    let client = sentinel_builder(base, redis, sentinel, auth, timeout)
+        .ok()?
         .build_subscriber_client()
         .ok()?;
     let task = tokio::time::timeout(timeout, client.init())
@@ -320,40 +331,32 @@ async fn watch_switches(
     }
 }
 
+/// A client for a Sentinel: the relay's own TLS settings and timeouts
+/// ([`super::builder_from`]), no database, the Sentinels' credentials.
 fn sentinel_builder(
     base: &FredConfig,
+    redis: &RedisConfig,
     sentinel: &Server,
     auth: &(Option<String>, Option<String>),
     timeout: Duration,
-) -> Builder {
+) -> Result<Builder, fred::error::Error> {
     let mut config = single_node(base, sentinel.clone());
-    // Sentinels have no databases, and their own credentials.
     config.database = None;
     config.username = auth.0.clone();
     config.password = auth.1.clone();
-    let mut builder = Builder::from_config(config);
-    builder
-        .with_connection_config(|c| {
-            c.connection_timeout = timeout;
-            c.internal_command_timeout = timeout;
-            c.max_command_attempts = 1;
-        })
-        .with_performance_config(|p| {
-            p.default_command_timeout = timeout;
-            p.broadcast_channel_capacity = 16;
-        });
-    builder
+    super::builder_from(config, redis, timeout, SENTINEL_CAPACITY)
 }
 
 async fn ask_sentinel(
     base: &FredConfig,
+    redis: &RedisConfig,
     sentinel: &Server,
     auth: &(Option<String>, Option<String>),
     service: &str,
     timeout: Duration,
 ) -> Result<(Conn, Server), String> {
-    let client = sentinel_builder(base, sentinel, auth, timeout)
-        .build()
+    let client = sentinel_builder(base, redis, sentinel, auth, timeout)
+        .and_then(|b| b.build())
         .map_err(|e| e.details().to_owned())?;
     let task = tokio::time::timeout(timeout, client.init())
         .await
