@@ -4,32 +4,14 @@
 
 mod common;
 
-use common::node::NodeProc;
+use common::node::{events_until_marker, NodeProc};
 use common::{Redis, Relay};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const CH: &str = "claude-studio:agent:status";
 
 fn url(relay: &Relay) -> String {
     format!("http://{}", relay.addr())
-}
-
-/// Publishes `payload`s then a global marker, and returns the events the
-/// client got up to the marker (so "not delivered" is proven, not waited for).
-async fn events_until_marker(redis: &Redis, c: &mut NodeProc, payloads: &[Value]) -> Vec<Value> {
-    for p in payloads {
-        redis.publish(CH, p.to_string()).await;
-    }
-    redis.publish("claude-studio:marker", "{}").await;
-    let mut got = Vec::new();
-    loop {
-        let (name, args) = c.next_event().await;
-        if name == "marker" {
-            return got;
-        }
-        assert_eq!(name, "agent:status");
-        got.push(args[0].clone());
-    }
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::node::NodeProc;
+use common::node::{events_until_marker, NodeProc};
 use common::{Redis, Relay};
 use serde_json::{json, Value};
 
@@ -142,24 +142,6 @@ async fn engine_close_mid_stream_recovers_sid_subscriptions_and_every_event_once
             .await
             >= 2.0
     );
-}
-
-/// Publishes `payloads` then a global marker; the `agent:status` data the
-/// client got up to the marker (so "not delivered" is proven, not waited for).
-async fn events_until_marker(redis: &Redis, c: &mut NodeProc, payloads: &[Value]) -> Vec<Value> {
-    for p in payloads {
-        redis.publish(CH, p.to_string()).await;
-    }
-    redis.publish("claude-studio:marker", "{}").await;
-    let mut got = Vec::new();
-    loop {
-        let (name, args) = c.next_event().await;
-        match name.as_str() {
-            "marker" => return got,
-            "agent:status" => got.push(args[0].clone()),
-            other => panic!("unexpected event {other}: {args:?}"),
-        }
-    }
 }
 
 #[tokio::test]

@@ -186,3 +186,29 @@ impl NodeProc {
         self.child.id().unwrap_or(0)
     }
 }
+
+/// Publishes `payloads` on `claude-studio:agent:status`, then a global
+/// marker, and returns the `agent:status` data a Socket.IO client got up to
+/// the marker (so "not delivered" is proven, not waited for). Any other
+/// event fails the test.
+pub async fn events_until_marker(
+    redis: &super::Redis,
+    c: &mut NodeProc,
+    payloads: &[Value],
+) -> Vec<Value> {
+    for p in payloads {
+        redis
+            .publish("claude-studio:agent:status", p.to_string())
+            .await;
+    }
+    redis.publish("claude-studio:marker", "{}").await;
+    let mut got = Vec::new();
+    loop {
+        let (name, args) = c.next_event().await;
+        if name == "marker" {
+            return got;
+        }
+        assert_eq!(name, "agent:status", "unexpected event: {args:?}");
+        got.push(args[0].clone());
+    }
+}
