@@ -162,10 +162,11 @@ start_target() {
   local kind=$1 log="$WORK/$1.log"
   TARGET_PORT=$(free_port)
   case "$kind" in
-    studio|studio-tls|studio-sio|studio-poll|studio-adapter|studio-history)
+    studio|studio-tls|studio-sio|studio-poll|studio-adapter|studio-history|studio-queued|studio-sio-queued)
       [ "$HAVE_STUDIO" = 1 ] || return 1
-      local history=0 tls="" scheme=http
+      local history=0 tls="" scheme=http direct=true
       [ "$kind" = studio-history ] && history=100000
+      case "$kind" in *-queued) direct=false ;; esac
       if [ "$kind" = studio-tls ]; then
         tls=$(printf 'tls_cert = "%s"\ntls_key = "%s"' "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem")
         scheme=https
@@ -179,6 +180,7 @@ bind = "127.0.0.1:$TARGET_PORT"
 $tls
 [limits]
 max_connections = 200000
+direct_writes = $direct
 [history]
 size = $history
 EOF
@@ -211,7 +213,8 @@ run_case() {
     socketio-rooms|studio-sio) target=socketio ;;
     studio-poll) target=socketio-polling ;;
     studio-adapter) target=studio; set -- "$@" --adapter ;;
-    studio-history) target=studio ;;
+    studio-history|studio-queued) target=studio ;;
+    studio-sio-queued) target=socketio ;;
     studio-tls) target=studio; set -- "$@" --tls-ca "$TLS_DIR/cert.pem" ;;
   esac
   if [ "$STUDIO_ONLY" = 1 ] && [ "${label#studio}" = "$label" ]; then return 0; fi
@@ -241,9 +244,9 @@ run_case() {
 }
 
 if [ "$QUICK" = 1 ]; then
-  D=2; N=200; RN=200; RA=20; BN=1000; BA=100; IDLE=(2000 5000)
+  D=2; N=200; RN=200; RA=20; BN=1000; BA=100; IDLE=(2000 5000); PACED=1000
 else
-  D=10; N=1000; RN=1000; RA=100; BN=10000; BA=1000; IDLE=(50000 100000)
+  D=10; N=1000; RN=1000; RA=100; BN=10000; BA=1000; IDLE=(50000 100000); PACED=5000
 fi
 
 # studio-sio / studio-poll: studio-relay's own Socket.IO over WebSocket /
@@ -253,16 +256,24 @@ fi
 # the routed job: each subscriber SUBSCRIBEs its agent's own channel and each
 # event is published there (Redis routing by itself, no relay).
 # studio-tls: the same native clients over wss:// (TLS 1.3, rustls on both
-# ends), printed beside the plain studio row.
-PEERS_ALL=(studio studio-sio studio-poll socketio ws redis)
-for t in studio-adapter studio-history studio studio-tls studio-sio studio-poll socketio ws redis; do
+# ends), printed beside the plain studio row. studio-queued /
+# studio-sio-queued: the same relay with limits.direct_writes = false (every
+# write through the connection's task), the before of the direct-write lever.
+PEERS_ALL=(studio studio-queued studio-sio studio-sio-queued studio-poll socketio ws redis)
+for t in studio-adapter studio-history studio studio-queued studio-tls studio-sio studio-sio-queued studio-poll socketio ws redis; do
   run_case "$t" fanout "$N" --duration "$D"
 done
 for r in 1000 100; do
   for t in "${PEERS_ALL[@]}"; do run_case "$t" rate "$N" --rate "$r" --duration "$D"; done
 done
-for t in studio studio-tls studio-adapter studio-history studio-sio studio-poll socketio-rooms socketio redis; do run_case "$t" routed "$RN" --agents "$RA" --duration "$D"; done
+for t in studio studio-queued studio-tls studio-adapter studio-history studio-sio studio-sio-queued studio-poll socketio-rooms socketio redis; do run_case "$t" routed "$RN" --agents "$RA" --duration "$D"; done
 run_case studio routed "$BN" --agents "$BA" --duration "$D"
+# Routed at the same offered load for everyone (below any target's
+# saturation): latency at equal throughput. Flat out, a closed loop's
+# latency is mostly its window over its own throughput.
+for t in studio studio-queued studio-sio redis; do
+  run_case "$t" routed "$RN" --agents "$RA" --paced --rate "$PACED" --duration "$D"
+done
 
 # Idle: the relay needs max_connections (200000 in its config) and an
 # open-file limit above N; so does the load generator.

@@ -1,5 +1,7 @@
 //! 10,000 events in Redis order, no duplicates, no loss, on clients spread
-//! over two listeners with different subscriptions.
+//! over two listeners with different subscriptions: with the hub writing
+//! to the sockets itself (the default) and with every write through the
+//! connection's task (`direct_writes = false`).
 
 mod common;
 
@@ -9,12 +11,21 @@ use common::{Client, Redis, Relay};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_events_in_order_over_two_listeners() {
+    in_order(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_events_in_order_when_connection_tasks_write() {
+    in_order(false).await;
+}
+
+async fn in_order(direct_writes: bool) {
     const N: usize = 10_000;
     let redis = Redis::start().await;
     // Roomy queues: this test is about order, not backpressure (see outage tests).
     let relay = Relay::with_extra(
         &redis,
-        "[limits]\nsend_queue = 20000\nsend_queue_bytes = 16777216\n",
+        &format!("[limits]\nsend_queue = 20000\nsend_queue_bytes = 16777216\ndirect_writes = {direct_writes}\n"),
     )
     .await;
     // Per listener: one firehose client, one per agent, one on a session.

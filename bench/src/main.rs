@@ -89,9 +89,15 @@ struct Args {
     /// Publishing time in seconds (fanout, routed, rate).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Events per second for --scenario rate.
+    /// Events per second for --scenario rate (and routed with --paced).
     #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// Routed: publish at --rate events/s instead of flat out, so every
+    /// target gets the same offered load and latencies compare at equal
+    /// throughput (flat out, a closed loop's latency is its window over
+    /// its throughput).
+    #[arg(long)]
+    paced: bool,
     /// PID of the target process to measure (for --target redis: redis-server).
     #[arg(long)]
     pid: Option<u32>,
@@ -486,6 +492,11 @@ impl Gen {
     }
 }
 
+/// Whether events go out at --rate (rate, and routed with --paced).
+fn paced(args: &Args) -> bool {
+    args.scenario == Scenario::Rate || (args.scenario == Scenario::Routed && args.paced)
+}
+
 /// Publishes for `dur`: at --rate for the rate scenario, else flat out
 /// within the end-to-end window.
 async fn publish_phase(
@@ -508,7 +519,7 @@ async fn publish_phase(
         delivered0,
     };
     match args.scenario {
-        Scenario::Rate => {
+        _ if paced(args) => {
             let mut tick = tokio::time::interval(Duration::from_millis(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
@@ -639,8 +650,8 @@ async fn traffic(args: &Args, ctx: &Ctx, p: &mut Publisher) -> Result<Value> {
         "warmup_s": args.warmup_secs,
         "published": published,
         "publish_per_s": round(published as f64 / pub_s.max(1e-9), 1),
-        "target_rate": if args.scenario == Scenario::Rate { json!(args.rate) } else { Value::Null },
-        "window": if args.scenario == Scenario::Rate { Value::Null } else { json!(args.window) },
+        "target_rate": if paced(args) { json!(args.rate) } else { Value::Null },
+        "window": if paced(args) { Value::Null } else { json!(args.window) },
         "redis_receivers": p.stats.receivers.load(Ordering::Relaxed) - receivers0,
         "publish_replies_complete": replies_ok,
         "expected": exp_static,

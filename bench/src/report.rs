@@ -182,7 +182,8 @@ fn group_key(v: &Value) -> String {
     if sc == "routed" {
         let _ = write!(k, " A={}", s(v, "agents"));
     }
-    if sc == "rate" {
+    // A paced routed run has a target rate too: its own group.
+    if !v["target_rate"].is_null() {
         let _ = write!(k, " {}ev/s", s(v, "target_rate"));
     }
     if sc != "idle" {

@@ -33,6 +33,10 @@ pub struct LimitsConfig {
     /// refused) before the open connections are closed, so a load balancer
     /// notices first; part of `shutdown_grace_ms`.
     pub drain_delay_ms: u64,
+    /// Write WebSocket frames on plain TCP from the routing task when the
+    /// socket takes them, instead of waking each connection's task. Off:
+    /// every write goes through the connection's task (for comparison).
+    pub direct_writes: bool,
 }
 
 impl Default for LimitsConfig {
@@ -49,6 +53,7 @@ impl Default for LimitsConfig {
             write_timeout_ms: 10_000,
             shutdown_grace_ms: 5000,
             drain_delay_ms: 0,
+            direct_writes: true,
         }
     }
 }

@@ -252,19 +252,20 @@ impl Hub {
                     }
                 }
             }
-            // One wake per connection per batch: a connection that got
-            // several frames in this batch writes them with one syscall.
-            self.wake_touched();
+            // Once per connection per batch: several frames leave in one
+            // syscall, written here on a direct socket (no task wakeup)
+            // or by the connection's task once woken.
+            self.flush_touched();
         }
         // Connections registered from here on find the hub gone and close
         // with 1001 themselves.
         self.broadcast_flag(FLAG_SHUTDOWN);
     }
 
-    fn wake_touched(&mut self) {
+    fn flush_touched(&mut self) {
         for slot in self.marks.touched.drain(..) {
             if let Some(Some(entry)) = self.slots.get(slot) {
-                entry.queue.wake();
+                entry.queue.flush();
             }
         }
     }

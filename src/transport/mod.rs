@@ -7,6 +7,7 @@ pub mod engineio;
 pub mod handshake;
 pub mod http;
 pub mod publish;
+pub mod socket;
 pub mod ws;
 
 use std::sync::Arc;

@@ -11,7 +11,6 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::header::{self, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -22,8 +21,9 @@ use tracing::Instrument;
 
 use super::handshake::{self, Refused};
 use super::http::{Body, Origin};
+use super::socket::Io;
 use super::Server;
-use crate::hub::queue::{Outbound, Signal};
+use crate::hub::queue::{Outbound, QueueRx, Signal, Turn};
 use crate::hub::Welcome;
 use crate::metrics::{ListenerLabel, Metrics};
 use crate::session::{Admitted, Refusal, Session};
@@ -44,7 +44,7 @@ const READ_BUFFER: usize = 1024;
 /// the rest, so a batch leaves in a few syscalls.
 const WRITE_BUFFER: usize = 16 * 1024;
 
-type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type Ws = WebSocketStream<Io>;
 
 /// The `/ws` request: checks in SPEC §9 order, then 101 and a spawned
 /// connection task.
@@ -112,11 +112,12 @@ pub(crate) fn switching_protocols(key: &str) -> Response<Body> {
 
 /// Waits for hyper to hand over an upgraded connection (bounded by the
 /// handshake timeout) and wraps it as a server websocket with the relay's
-/// buffer sizes and message limit.
+/// buffer sizes and message limit; on plain TCP the socket is shareable
+/// with the hub ([`Io::Direct`]) unless `direct_writes` is off.
 pub(crate) async fn accept(
     on_upgrade: OnUpgrade,
     limits: &crate::config::LimitsConfig,
-) -> Option<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>> {
+) -> Option<WebSocketStream<Io>> {
     let upgraded = match timeout(
         Duration::from_millis(limits.handshake_timeout_ms),
         on_upgrade,
@@ -139,8 +140,12 @@ pub(crate) async fn accept(
         .max_message_size(Some(limits.max_client_message_bytes))
         .max_frame_size(Some(limits.max_client_message_bytes));
     Some(
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-            .await,
+        WebSocketStream::from_raw_socket(
+            Io::new(upgraded, limits.direct_writes),
+            Role::Server,
+            Some(ws_config),
+        )
+        .await,
     )
 }
 
@@ -192,7 +197,14 @@ async fn run(on_upgrade: OnUpgrade, admitted: Admitted, listener: Arc<str>, serv
     };
     match session {
         Some(mut session) => {
-            match conn.serve(&mut session).await {
+            if let Some(sock) = conn.ws.get_ref().direct_socket() {
+                session.queue().attach(sock, metrics.clone());
+                conn.ws.get_mut().attach(session.control());
+            }
+            let exit = conn.serve(&mut session).await;
+            // The hub stops writing before a close frame goes out.
+            session.queue().seal();
+            match exit {
                 Exit::Close(code) => conn.close(code, close::reason(code)).await,
                 Exit::Expired => conn.close(close::POLICY, close::TOKEN_EXPIRED).await,
                 Exit::Gone => {}
@@ -229,6 +241,9 @@ impl Conn {
         let expires_at = session.expires_at();
         let expiry = tokio::time::sleep_until(expires_at.unwrap_or_else(Instant::now));
         tokio::pin!(ping, idle_deadline, expiry);
+        // Direct: the hub writes the frames; this task only takes over
+        // while the socket would block.
+        let direct = session.queue().is_direct();
         loop {
             tokio::select! {
                 biased;
@@ -248,15 +263,24 @@ impl Conn {
                     self.metrics.reject("unauthorized");
                     return Exit::Expired;
                 }
-                n = session.queue().recv_many(&mut self.buf, WRITE_BATCH) => {
-                    if n == 0 {
-                        // The hub is gone: the relay is shutting down.
-                        return self.drain_for_shutdown(session).await;
+                ready = next_frames(session.queue(), &mut self.buf, direct, WRITE_BATCH, self.write_timeout) => match ready {
+                    // The hub is gone: the relay is shutting down.
+                    Frames::Taken(0) | Frames::Direct(Turn::HubGone) => {
+                        return self.drain_for_shutdown(session).await
                     }
-                    if let Err(exit) = self.write_batch().await {
-                        return exit;
+                    Frames::Taken(_) => {
+                        if let Err(exit) = self.write_batch().await {
+                            return exit;
+                        }
                     }
-                }
+                    Frames::Direct(Turn::Wrote) => {}
+                    Frames::Direct(Turn::Stalled) => {
+                        tracing::info!("socket stopped draining; dropping connection");
+                        self.metrics.slow_consumer_disconnects.inc();
+                        return Exit::Gone;
+                    }
+                    Frames::Direct(Turn::Failed) => return Exit::Gone,
+                },
                 msg = self.ws.next() => {
                     if !idle.is_zero() {
                         idle_deadline.as_mut().reset(Instant::now() + idle);
@@ -366,6 +390,9 @@ impl Conn {
         // already taken its part of the grace.
         let grace = session.live().get().limits.close_window();
         let deadline = Instant::now() + grace;
+        if session.queue().is_direct() && !session.queue().drain_direct(deadline).await {
+            return Exit::Gone;
+        }
         loop {
             session.queue().drain_now(&mut self.buf, WRITE_BATCH);
             if self.buf.is_empty() {
@@ -427,6 +454,30 @@ async fn on_text(text: &str, session: &mut Session, metrics: &Metrics) -> Option
             }
             Some(studio::error(&FrameError::from(refusal)))
         }
+    }
+}
+
+/// What the queue had for the connection.
+pub(crate) enum Frames {
+    /// Frames moved into the write buffer (0: the hub has gone).
+    Taken(usize),
+    /// A direct socket's turn at writing.
+    Direct(Turn),
+}
+
+/// The next frames to write: taken from the queue, or, on a direct socket,
+/// the connection's turn once the hub left it a backlog.
+pub(crate) async fn next_frames(
+    queue: &mut QueueRx,
+    buf: &mut Vec<Outbound>,
+    direct: bool,
+    batch: usize,
+    write_timeout: Duration,
+) -> Frames {
+    if direct {
+        Frames::Direct(queue.serve_direct(write_timeout).await)
+    } else {
+        Frames::Taken(queue.recv_many(buf, batch).await)
     }
 }
 

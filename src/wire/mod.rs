@@ -5,6 +5,7 @@
 //! is encoded once per event and format and shared by refcount.
 
 pub mod close;
+pub mod frame;
 pub mod socketio;
 pub mod studio;
 

@@ -15,9 +15,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::header::{self, HeaderValue};
-use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
@@ -32,7 +30,7 @@ use packet::{EioError, Request as EioRequest, SessionOp, Transport};
 use session::{Opening, PollAnswer, SharedState, ToSession};
 
 /// A websocket carrying an Engine.IO session.
-pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
+pub type Ws = WebSocketStream<crate::transport::socket::Io>;
 
 /// Requests waiting for one session's task.
 const SESSION_INBOX: usize = 8;

@@ -24,10 +24,11 @@ use super::recovery::Parked;
 use super::{Sids, Ws};
 use crate::config::Unsubscribed;
 use crate::ctx::{ConnName, Permit};
-use crate::hub::queue::{ConnShared, Outbound, Signal};
+use crate::hub::queue::{ConnShared, Outbound, Signal, Turn};
 use crate::hub::{Restore, Resume, Welcome};
 use crate::metrics::{ListenerLabel, TransportLabel};
 use crate::session::{policy, Admitted, Refusal, Session};
+use crate::transport::ws::{next_frames, Frames};
 use crate::transport::Server;
 use crate::util::id::secret_id;
 use crate::wire::socketio::{self, ClientPacket, Subscription};
@@ -181,6 +182,7 @@ pub async fn run(
         rx,
         state,
         ws: None,
+        attached: false,
         probe: None,
         probe_deadline: None,
         poll: None,
@@ -236,6 +238,8 @@ struct Driver {
     state: Arc<SharedState>,
     /// The websocket carrying the session, once upgraded (or from the start).
     ws: Option<Ws>,
+    /// The hub writes to the websocket itself (plain TCP, once connected).
+    attached: bool,
     /// A websocket being probed for an upgrade.
     probe: Option<Ws>,
     probe_deadline: Option<Instant>,
@@ -303,11 +307,16 @@ impl Driver {
                     }
                     None => return End::Gone,
                 },
-                n = recv_frames(&mut self.session, &mut self.buf, writable) => {
-                    if n == 0 {
-                        return self.drain().await;
+                ready = session_frames(&mut self.session, &mut self.buf, writable, self.attached, self.write_timeout) => match ready {
+                    Frames::Taken(0) | Frames::Direct(Turn::HubGone) => return self.drain().await,
+                    Frames::Taken(_) | Frames::Direct(Turn::Wrote) => {}
+                    Frames::Direct(Turn::Stalled) => {
+                        tracing::info!("socket stopped draining; dropping session");
+                        self.server.metrics.slow_consumer_disconnects.inc();
+                        return End::Gone;
                     }
-                }
+                    Frames::Direct(Turn::Failed) => return End::Gone,
+                },
                 msg = next_message(&mut self.ws) => {
                     if let Err(end) = self.on_ws_message(msg).await {
                         return end;
@@ -335,7 +344,25 @@ impl Driver {
             if let Err(end) = self.flush().await {
                 return end;
             }
+            self.attach();
         }
+    }
+
+    /// Once a session rides a plain TCP websocket and everything taken
+    /// from its queue is written, the hub writes its frames itself.
+    fn attach(&mut self) {
+        if self.attached || !self.buf.is_empty() {
+            return;
+        }
+        let (Some(ws), Some(session)) = (self.ws.as_mut(), self.session.as_mut()) else {
+            return;
+        };
+        let Some(sock) = ws.get_ref().direct_socket() else {
+            return;
+        };
+        session.queue().attach(sock, self.server.metrics.clone());
+        ws.get_mut().attach(session.control());
+        self.attached = true;
     }
 
     fn gauge(&self, delta: i64) {
@@ -831,6 +858,12 @@ impl Driver {
     /// Shutdown: what is queued goes out first, then the session closes.
     async fn drain(&mut self) -> End {
         let _ = self.flush().await;
+        if self.attached {
+            if let Some(session) = self.session.as_mut() {
+                let deadline = Instant::now() + self.write_timeout;
+                session.queue().drain_direct(deadline).await;
+            }
+        }
         End::Close(close::GOING_AWAY)
     }
 
@@ -851,6 +884,10 @@ impl Driver {
         let Some(ws) = self.ws.as_mut() else {
             return;
         };
+        // The hub stops writing before the close frame goes out.
+        if let Some(session) = self.session.as_mut() {
+            session.queue().seal();
+        }
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: reason.into(),
@@ -906,14 +943,19 @@ async fn next_signal(control: Option<&ConnShared>) -> Signal {
     }
 }
 
-/// Frames from the hub, only while something can carry them.
-async fn recv_frames(
+/// Frames from the hub, only while something can carry them; on an
+/// attached websocket, the session's turn at writing the hub's backlog.
+async fn session_frames(
     session: &mut Option<Session>,
     buf: &mut Vec<Outbound>,
     writable: bool,
-) -> usize {
+    attached: bool,
+    write_timeout: Duration,
+) -> Frames {
     match session {
-        Some(s) if writable => s.queue().recv_many(buf, WRITE_BATCH).await,
+        Some(s) if writable || attached => {
+            next_frames(s.queue(), buf, attached, WRITE_BATCH, write_timeout).await
+        }
         _ => std::future::pending().await,
     }
 }
