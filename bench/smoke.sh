@@ -26,6 +26,7 @@ until curl -fsS "http://127.0.0.1:$WP/healthz" >/dev/null 2>&1; do sleep 0.05; d
 fail=0
 for args in "--target studio --scenario fanout --clients 20" "--target studio --scenario routed --clients 40 --agents 4" \
             "--target studio --scenario rate --rate 200 --clients 20" \
+            "--target studio --scenario routed --clients 40 --agents 4 --paced --rate 200" \
             "--target socketio --scenario routed --clients 40 --agents 4" \
             "--target socketio-polling --scenario fanout --clients 20" \
             "--target studio --scenario routed --clients 40 --agents 4 --adapter" \

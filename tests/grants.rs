@@ -11,7 +11,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::node::NodeProc;
+use common::node::{events_until_marker, NodeProc};
 use common::{http, request, ws_headers, Client, Redis, Relay, TempDir, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -123,21 +123,6 @@ async fn native_until_marker(redis: &Redis, c: &mut Client, payloads: &[Value]) 
     }
 }
 
-async fn sio_until_marker(redis: &Redis, c: &mut NodeProc, payloads: &[Value]) -> Vec<Value> {
-    for p in payloads {
-        redis.publish(CH, p.to_string()).await;
-    }
-    redis.publish("claude-studio:marker", "{}").await;
-    let mut got = Vec::new();
-    loop {
-        let (name, args) = c.next_event().await;
-        if name == "marker" {
-            return got;
-        }
-        got.push(args[0].clone());
-    }
-}
-
 /// Grants for agent `a1` (and any session) on the `/ws` paths: URL, frames,
 /// delivery. Returns how many `forbidden` refusals it caused.
 async fn native_paths(redis: &Redis, relay: &Relay, signer: &Signer) -> f64 {
@@ -238,7 +223,7 @@ async fn socketio_paths(redis: &Redis, relay: &Relay, signer: &Signer) -> f64 {
     )
     .await;
     assert_eq!(c.wait_for("ack").await["args"], json!([{"ok": true}]));
-    let got = sio_until_marker(
+    let got = events_until_marker(
         redis,
         &mut c,
         &[
@@ -605,13 +590,13 @@ async fn recovery_is_refused_when_the_new_token_does_not_grant_what_was_held() {
         // old one when recovered, a new one (and relay:gap) when not.
         if recovered {
             assert_eq!(again["id"], connect["id"], "{again}");
-            let got = sio_until_marker(&redis, &mut back, &[json!({"agentId": "a2"})]).await;
+            let got = events_until_marker(&redis, &mut back, &[json!({"agentId": "a2"})]).await;
             assert_eq!(got, [json!({"agentId": "a2"})]);
         } else {
             assert_ne!(again["id"], connect["id"], "{again}");
             let (name, _) = back.next_event().await;
             assert_eq!(name, "relay:gap");
-            let got = sio_until_marker(&redis, &mut back, &[json!({"agentId": "a2"})]).await;
+            let got = events_until_marker(&redis, &mut back, &[json!({"agentId": "a2"})]).await;
             assert!(got.is_empty(), "a2 is not granted: {got:?}");
         }
     }

@@ -50,7 +50,12 @@ impl Io {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => Io::Direct(DirectIo {
                 sock: Arc::new(parts.io.into_inner()),
-                prefix: parts.read_buf,
+                // Even empty, hyper's leftover is a view of its whole read
+                // buffer (kilobytes): keep it only while it has bytes.
+                prefix: match parts.read_buf.is_empty() {
+                    true => Bytes::new(),
+                    false => parts.read_buf,
+                },
                 queue: None,
             }),
             Err(upgraded) => Io::Upgraded(TokioIo::new(upgraded)),
@@ -130,6 +135,9 @@ impl DirectIo {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         loop {
