@@ -98,6 +98,10 @@ pub struct Metrics {
     pub redis_lagged: Counter,
     /// `relay_socketio_sessions_open{transport}`
     pub socketio_sessions: Family<TransportLabel, Gauge>,
+    /// `relay_socketio_parked_sessions`: Socket.IO sessions that lost their
+    /// transport and wait for their client (by pid, SPEC §12); set when
+    /// `/metrics` is read.
+    pub socketio_parked: Gauge,
     /// `relay_source_messages_total{source}`: messages taken from each source
     /// (for Redis the same count as `relay_redis_messages_total`).
     pub source_messages: Family<SourceLabel, Counter>,
@@ -145,6 +149,7 @@ impl Metrics {
             routing_index_entries: Gauge::default(),
             redis_lagged: Counter::default(),
             socketio_sessions: Family::default(),
+            socketio_parked: Gauge::default(),
             source_messages: Family::default(),
             source_up: Family::default(),
             history_events: Gauge::default(),
@@ -248,6 +253,11 @@ impl Metrics {
                 .socketio_sessions
                 .get_or_create(&TransportLabel { transport });
         }
+        registry.register(
+            "relay_socketio_parked_sessions",
+            "Socket.IO sessions whose transport was lost, kept for recovery by pid until history.ttl_ms",
+            m.socketio_parked.clone(),
+        );
         registry.register(
             "relay_publish_rejections",
             "POST /publish requests refused, by reason (503s are counted as unavailable)",

@@ -238,6 +238,20 @@ async fn a_pid_not_ours_or_a_bad_offset_starts_fresh_with_a_gap() {
     }
 }
 
+#[tokio::test]
+async fn a_parked_session_is_counted_until_its_ttl_runs_out() {
+    let redis = Redis::start().await;
+    let relay = Relay::with_extra(&redis, "[history]\nsize = 1000\nttl_ms = 1500\n").await;
+    wait_metric(&relay, "relay_socketio_parked_sessions", 0.0).await;
+    // A client that does not come back: its session stays parked.
+    let (mut c, _sid) = subscribed_client(&relay, json!({"reconnection": false})).await;
+    c.send(json!({"cmd": "engine-close"})).await;
+    c.wait_for("disconnect").await;
+    wait_metric(&relay, "relay_socketio_parked_sessions", 1.0).await;
+    // Swept when read once `ttl_ms` has passed, with nothing else going on.
+    wait_metric(&relay, "relay_socketio_parked_sessions", 0.0).await;
+}
+
 async fn wait_metric(relay: &Relay, series: &str, want: f64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {

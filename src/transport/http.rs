@@ -205,6 +205,9 @@ async fn route(
         }
         "/healthz" if read_only => health(&server),
         "/metrics" if read_only => {
+            // The store sweeps as it is used; a scrape reads it swept.
+            let parked = i64::try_from(server.recovery.len()).unwrap_or(i64::MAX);
+            server.metrics.socketio_parked.set(parked);
             let mut resp = Response::new(Body::from(server.metrics.encode()));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -105,9 +105,11 @@ impl Recovery {
         }
     }
 
-    /// Sessions parked now.
+    /// Sessions parked now (expired ones are swept first).
     pub fn len(&self) -> usize {
-        self.lock().map.len()
+        let mut inner = self.lock();
+        inner.sweep(Instant::now());
+        inner.map.len()
     }
 
     /// True when nothing is parked.
