@@ -200,6 +200,21 @@ EOF
       if ! wait_for 20 grep -q '^READY' "$log"; then
         log "$kind did not print READY:"; tail -20 "$log" >&2; return 1
       fi ;;
+    sockudo)
+      # Sockudo (Rust, Pusher protocol), fed through its Redis adapter.
+      # Not built here (a long compile): on PATH or $SOCKUDO, installed with
+      #   apt-get install protobuf-compiler && cargo install sockudo --version 5.2.0 --locked --no-default-features --features local,redis
+      local bin=${SOCKUDO:-$(command -v sockudo || true)}
+      [ -n "$bin" ] && [ -x "$bin" ] || return 1
+      HOST=127.0.0.1 PORT="$TARGET_PORT" ADAPTER_DRIVER=redis REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
+        APP_MANAGER_DRIVER=memory CACHE_DRIVER=memory QUEUE_DRIVER=none METRICS_ENABLED=false \
+        RATE_LIMITER_ENABLED=false SOCKUDO_DEFAULT_APP_ID=bench-app SOCKUDO_DEFAULT_APP_KEY=bench-key \
+        SOCKUDO_DEFAULT_APP_SECRET=bench-secret SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=200000 \
+        SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND=10000000 "$bin" >"$log" 2>&1 &
+      TARGET_PID=$!
+      if ! wait_for 30 curl -fsS -o /dev/null "http://127.0.0.1:$TARGET_PORT/up"; then
+        log "sockudo did not become healthy:"; tail -20 "$log" >&2; return 1
+      fi ;;
     redis)
       TARGET_PID=$REDIS_PID ;;
   esac
@@ -259,19 +274,21 @@ fi
 # ends), printed beside the plain studio row. studio-queued /
 # studio-sio-queued: the same relay with limits.direct_writes = false (every
 # write through the connection's task), the before of the direct-write lever.
-PEERS_ALL=(studio studio-queued studio-sio studio-sio-queued studio-poll socketio ws redis)
-for t in studio-adapter studio-history studio studio-queued studio-tls studio-sio studio-sio-queued studio-poll socketio ws redis; do
+# sockudo: the Rust Pusher-protocol server, fed through its Redis adapter;
+# skipped unless the binary is on PATH or in $SOCKUDO.
+PEERS_ALL=(studio studio-queued studio-sio studio-sio-queued studio-poll socketio ws sockudo redis)
+for t in studio-adapter studio-history studio studio-queued studio-tls studio-sio studio-sio-queued studio-poll socketio ws sockudo redis; do
   run_case "$t" fanout "$N" --duration "$D"
 done
 for r in 1000 100; do
   for t in "${PEERS_ALL[@]}"; do run_case "$t" rate "$N" --rate "$r" --duration "$D"; done
 done
-for t in studio studio-queued studio-tls studio-adapter studio-history studio-sio studio-sio-queued studio-poll socketio-rooms socketio redis; do run_case "$t" routed "$RN" --agents "$RA" --duration "$D"; done
+for t in studio studio-queued studio-tls studio-adapter studio-history studio-sio studio-sio-queued studio-poll socketio-rooms socketio sockudo redis; do run_case "$t" routed "$RN" --agents "$RA" --duration "$D"; done
 run_case studio routed "$BN" --agents "$BA" --duration "$D"
 # Routed at the same offered load for everyone (below any target's
 # saturation): latency at equal throughput. Flat out, a closed loop's
 # latency is mostly its window over its own throughput.
-for t in studio studio-queued studio-sio redis; do
+for t in studio studio-queued studio-sio sockudo redis; do
   run_case "$t" routed "$RN" --agents "$RA" --paced --rate "$PACED" --duration "$D"
 done
 

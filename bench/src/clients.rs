@@ -333,6 +333,13 @@ impl<'a> Receiver<'a> {
     }
 }
 
+/// Sockudo's app for the bench (`SOCKUDO_DEFAULT_APP_*` in compare.sh).
+pub const SOCKUDO_APP_ID: &str = "bench-app";
+/// Its key: the client's `/app/<key>` path.
+pub const SOCKUDO_APP_KEY: &str = "bench-key";
+/// The Redis channel Sockudo's adapter listens on (default prefix).
+pub const SOCKUDO_CHANNEL: &str = "sockudo:#broadcast";
+
 /// One client: connect (holding a `gate` permit until ready), then receive
 /// until the connection ends.
 pub async fn run_client(ctx: Arc<Ctx>, idx: usize, gate: Arc<Semaphore>) {
@@ -359,6 +366,7 @@ fn ws_path(ctx: &Ctx, want: Want) -> String {
         (Target::Socketio, Want::Agent(a)) => {
             format!("/socket.io/?EIO=4&transport=websocket&agentId=a{a}")
         }
+        (Target::Sockudo, _) => format!("/app/{SOCKUDO_APP_KEY}?protocol=7&client=bench&version=1"),
         (_, Want::Firehose) => "/".into(),
         (_, Want::Agent(a)) => format!("/?agentId=a{a}"),
     }
@@ -463,6 +471,26 @@ where
                     }
                 }
             }
+            Target::Sockudo => {
+                let channel = match want {
+                    Want::Firehose => "all".to_owned(),
+                    Want::Agent(a) => format!("a{a}"),
+                };
+                loop {
+                    let m = next_frame(&mut ws).await?;
+                    let Some(t) = text(&m) else { continue };
+                    if contains(t, b"pusher:connection_established") {
+                        let sub = format!(
+                            r#"{{"event":"pusher:subscribe","data":{{"channel":"{channel}"}}}}"#
+                        );
+                        ws.send(Message::text(sub)).await?;
+                    } else if contains(t, b"pusher_internal:subscription_succeeded") {
+                        break;
+                    } else if contains(t, b"pusher:error") {
+                        bail!("sockudo error: {}", String::from_utf8_lossy(t));
+                    }
+                }
+            }
             // No ready frame: connected = ready (the orchestrator warms up).
             Target::Ws | Target::Redis | Target::SocketioPolling => {}
         }
@@ -478,6 +506,9 @@ where
                     let b = t.as_bytes();
                     if ctx.target == Target::Socketio && b == b"2" {
                         ws.send(Message::text("3")).await?;
+                    } else if ctx.target == Target::Sockudo && contains(b, b"\"pusher:ping\"") {
+                        ws.send(Message::text(r#"{"event":"pusher:pong","data":{}}"#))
+                            .await?;
                     } else {
                         rx.on_frame(b);
                     }

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use studio_relay_bench::resp::RedisUrl;
 use tokio::sync::Semaphore;
 
-use crate::clients::{run_client, Ctx, BCAST_IDLE, BCAST_WARMUP};
+use crate::clients::{run_client, Ctx, BCAST_IDLE, BCAST_WARMUP, SOCKUDO_APP_ID, SOCKUDO_CHANNEL};
 use crate::payload::Dest;
 use crate::publisher::Publisher;
 
@@ -43,6 +43,10 @@ pub enum Target {
     Ws,
     /// N raw Redis subscribers (PSUBSCRIBE) on --redis: the floor.
     Redis,
+    /// Sockudo (Pusher protocol 7, app key `bench-key`): each client
+    /// subscribes to channel `a<k>` (`all` for firehose), fed through its
+    /// Redis adapter (`sockudo:#broadcast`, app id `bench-app`).
+    Sockudo,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -323,6 +327,10 @@ async fn run(args: &Args) -> Result<Value> {
         Publisher::connect(&redis, "socket.io#/#", args.pipeline, args.payload_bytes)
             .await?
             .adapter(event)
+    } else if args.target == Target::Sockudo {
+        Publisher::connect(&redis, SOCKUDO_CHANNEL, args.pipeline, args.payload_bytes)
+            .await?
+            .sockudo(SOCKUDO_APP_ID, firehose)
     } else {
         let p =
             Publisher::connect(&redis, &args.channel, args.pipeline, args.payload_bytes).await?;

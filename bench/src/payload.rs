@@ -174,23 +174,48 @@ fn parse_u64(b: &[u8]) -> Option<(u64, usize)> {
 /// else (welcome, gap, pings…). Only the first 512 bytes are searched: every
 /// envelope puts the payload well within that.
 pub fn parse_event(frame: &[u8]) -> Option<Ev> {
-    const KEY: &[u8] = b"{\"seq\":";
+    parse_keyed(frame, &PLAIN).or_else(|| parse_keyed(frame, &ESCAPED))
+}
+
+/// The keys [`parse_event`] looks for, with JSON's quote as sent or as
+/// `\"` inside a JSON string (Pusher's `data` is a string).
+struct Keys {
+    seq: &'static [u8],
+    ts: &'static [u8],
+    agent: &'static [u8],
+    bcast: &'static [u8],
+}
+
+const PLAIN: Keys = Keys {
+    seq: b"{\"seq\":",
+    ts: b",\"ts\":",
+    agent: b",\"agentId\":\"a",
+    bcast: b",\"bcast\":1",
+};
+
+const ESCAPED: Keys = Keys {
+    seq: b"{\\\"seq\\\":",
+    ts: b",\\\"ts\\\":",
+    agent: b",\\\"agentId\\\":\\\"a",
+    bcast: b",\\\"bcast\\\":1",
+};
+
+fn parse_keyed(frame: &[u8], k: &Keys) -> Option<Ev> {
     let head = &frame[..frame.len().min(512)];
-    let mut p = find(head, KEY)? + KEY.len();
+    let mut p = find(head, k.seq)? + k.seq.len();
     let (seq, n) = parse_u64(frame.get(p..)?)?;
     p += n;
-    let rest = frame.get(p..)?;
-    if !rest.starts_with(b",\"ts\":") {
+    if !frame.get(p..)?.starts_with(k.ts) {
         return None;
     }
-    p += 6;
+    p += k.ts.len();
     let (ts, n) = parse_u64(frame.get(p..)?)?;
     p += n;
     let rest = frame.get(p..)?;
-    let dest = if let Some(r) = rest.strip_prefix(b",\"agentId\":\"a") {
+    let dest = if let Some(r) = rest.strip_prefix(k.agent) {
         let (a, _) = parse_u64(r)?;
         Dest::Agent(u32::try_from(a).ok()?)
-    } else if rest.starts_with(b",\"bcast\":1") {
+    } else if rest.starts_with(k.bcast) {
         Dest::Broadcast
     } else {
         return None;
@@ -222,7 +247,9 @@ mod tests {
                 let studio = format!(r#"{{"type":"event","event":"bench","data":{s}}}"#);
                 let sio = format!(r#"42["bench",{s}]"#);
                 let ws = format!(r#"{{"event":"bench","data":{s}}}"#);
-                for f in [studio, sio, ws] {
+                let pusher =
+                    serde_json::json!({"event": "bench", "channel": "a1", "data": s}).to_string();
+                for f in [studio, sio, ws, pusher] {
                     assert_eq!(parse_event(f.as_bytes()), Some(ev));
                 }
             }

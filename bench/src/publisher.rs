@@ -37,6 +37,9 @@ pub struct Publisher {
     adapter_event: Option<String>,
     /// Publish agent k's events on `<channel>:a<k>` (Redis routing itself).
     per_agent: bool,
+    /// `Some((app id, firehose))`: Sockudo adapter broadcasts for Pusher
+    /// channel `a<k>` (or `all`), on `channel`.
+    sockudo: Option<(String, bool)>,
     scratch: Vec<u8>,
     pub stats: Arc<PubStats>,
     pub published: u64,
@@ -107,6 +110,7 @@ impl Publisher {
             payload_bytes,
             adapter_event: None,
             per_agent: false,
+            sockudo: None,
             scratch: Vec::new(),
             stats,
             published: 0,
@@ -124,6 +128,15 @@ impl Publisher {
     /// for raw Redis subscribers doing the routed job themselves.
     pub fn per_agent(mut self) -> Self {
         self.per_agent = true;
+        self
+    }
+
+    /// Publishes Sockudo Redis-adapter broadcasts (what another Sockudo
+    /// node sends for a Pusher event) for app `app_id`: channel `a<k>`, or
+    /// `all` when the clients are firehose; the payload is the event's
+    /// `data` string.
+    pub fn sockudo(mut self, app_id: &str, firehose: bool) -> Self {
+        self.sockudo = Some((app_id.to_owned(), firehose));
         self
     }
 
@@ -159,6 +172,32 @@ impl Publisher {
             self.buf
                 .extend_from_slice(format!("\r\n${}\r\n", self.scratch.len()).as_bytes());
             self.buf.extend_from_slice(&self.scratch);
+            self.buf.extend_from_slice(b"\r\n");
+            self.published += 1;
+            return;
+        }
+        if let Some((app, firehose)) = &self.sockudo {
+            self.scratch.clear();
+            write_payload(&mut self.scratch, dest, seq, ts, self.payload_bytes);
+            let channel = match (firehose, dest) {
+                (false, Dest::Agent(k)) => format!("a{k}"),
+                _ => "all".to_owned(),
+            };
+            let data = String::from_utf8_lossy(&self.scratch);
+            let message =
+                serde_json::json!({"event": "bench", "channel": channel, "data": data}).to_string();
+            let body = serde_json::json!({
+                "node_id": "bench", "app_id": app, "channel": channel,
+                "message": message, "except_socket_id": null,
+            })
+            .to_string();
+            self.buf.extend_from_slice(
+                format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n", self.channel.len()).as_bytes(),
+            );
+            self.buf.extend_from_slice(&self.channel);
+            self.buf
+                .extend_from_slice(format!("\r\n${}\r\n", body.len()).as_bytes());
+            self.buf.extend_from_slice(body.as_bytes());
             self.buf.extend_from_slice(b"\r\n");
             self.published += 1;
             return;
