@@ -207,7 +207,7 @@ EOF
       local bin=${SOCKUDO:-$(command -v sockudo || true)}
       [ -n "$bin" ] && [ -x "$bin" ] || return 1
       HOST=127.0.0.1 PORT="$TARGET_PORT" ADAPTER_DRIVER=redis REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
-        APP_MANAGER_DRIVER=memory CACHE_DRIVER=memory QUEUE_DRIVER=none METRICS_ENABLED=false \
+        APP_MANAGER_DRIVER=memory CACHE_DRIVER=redis QUEUE_DRIVER=none METRICS_ENABLED=false \
         RATE_LIMITER_ENABLED=false SOCKUDO_DEFAULT_APP_ID=bench-app SOCKUDO_DEFAULT_APP_KEY=bench-key \
         SOCKUDO_DEFAULT_APP_SECRET=bench-secret SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=200000 \
         SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND=10000000 "$bin" >"$log" 2>&1 &

@@ -337,8 +337,8 @@ impl<'a> Receiver<'a> {
 pub const SOCKUDO_APP_ID: &str = "bench-app";
 /// Its key: the client's `/app/<key>` path.
 pub const SOCKUDO_APP_KEY: &str = "bench-key";
-/// The Redis channel Sockudo's adapter listens on (default prefix).
-pub const SOCKUDO_CHANNEL: &str = "sockudo:#broadcast";
+/// The Redis channel Sockudo's adapter listens on (its default prefix `sockudo_adapter:`).
+pub const SOCKUDO_CHANNEL: &str = "sockudo_adapter::#broadcast";
 
 /// One client: connect (holding a `gate` permit until ready), then receive
 /// until the connection ends.

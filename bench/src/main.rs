@@ -45,7 +45,7 @@ pub enum Target {
     Redis,
     /// Sockudo (Pusher protocol 7, app key `bench-key`): each client
     /// subscribes to channel `a<k>` (`all` for firehose), fed through its
-    /// Redis adapter (`sockudo:#broadcast`, app id `bench-app`).
+    /// Redis adapter (`sockudo_adapter::#broadcast`, app id `bench-app`).
     Sockudo,
 }
 
