@@ -156,7 +156,6 @@ impl Pending {
         if d.failed {
             return Flow::Failed;
         }
-        let (sock, metrics) = (d.sock.clone(), d.metrics.clone());
         let mut events = 0u64;
         let mut first_received = None;
         let mut progressed = false;
@@ -164,7 +163,7 @@ impl Pending {
             if !self.has_work() {
                 break Flow::Done;
             }
-            match self.write_once(&sock) {
+            match self.write_once() {
                 Ok(0) => break Flow::Failed,
                 Ok(n) => {
                     progressed = true;
@@ -192,15 +191,15 @@ impl Pending {
             if d.raw.is_empty() && d.raw.capacity() > 4096 {
                 d.raw = BytesMut::new();
             }
+            if events > 0 {
+                d.metrics.events_delivered.inc_by(events);
+            }
+            if let Some(t) = first_received {
+                d.metrics.fanout_latency.observe(t.elapsed().as_secs_f64());
+            }
         }
         if self.items.is_empty() && self.items.capacity() > 64 {
             self.items = VecDeque::new();
-        }
-        if events > 0 {
-            metrics.events_delivered.inc_by(events);
-        }
-        if let Some(t) = first_received {
-            metrics.fanout_latency.observe(t.elapsed().as_secs_f64());
         }
         flow
     }
@@ -209,7 +208,7 @@ impl Pending {
     /// with more attachments than that goes alone, from the heap). The
     /// usual single frame takes small stack buffers: this runs once per
     /// delivery.
-    fn write_once(&self, sock: &TcpStream) -> io::Result<usize> {
+    fn write_once(&self) -> io::Result<usize> {
         let mut need = 0;
         for out in &self.items {
             let n = frames_in(out);
@@ -221,15 +220,11 @@ impl Pending {
         let blank = Header::new(frame::TEXT, 0);
         let empty = IoSlice::new(&[]);
         if need <= 2 {
-            self.gather(sock, &mut [blank; 2], &mut [empty; 5])
+            self.gather(&mut [blank; 2], &mut [empty; 5])
         } else if need <= MAX_HEADERS {
-            self.gather(
-                sock,
-                &mut [blank; MAX_HEADERS],
-                &mut [empty; 2 * MAX_HEADERS + 1],
-            )
+            self.gather(&mut [blank; MAX_HEADERS], &mut [empty; 2 * MAX_HEADERS + 1])
         } else {
-            self.gather(sock, &mut vec![blank; need], &mut vec![empty; 2 * need + 1])
+            self.gather(&mut vec![blank; need], &mut vec![empty; 2 * need + 1])
         }
     }
 
@@ -238,7 +233,6 @@ impl Pending {
     /// writes them with one `writev`; `slices` holds twice the headers, plus one.
     fn gather<'a>(
         &'a self,
-        sock: &TcpStream,
         heads: &'a mut [Header],
         slices: &mut [IoSlice<'a>],
     ) -> io::Result<usize> {
@@ -282,7 +276,7 @@ impl Pending {
         for out in items {
             push_frame(slices, &mut n, out, heads, &mut h);
         }
-        sock.try_write_vectored(&slices[..n])
+        d.sock.try_write_vectored(&slices[..n])
     }
 
     /// Accounts for `n` bytes written in the order [`write_direct`] laid
@@ -621,21 +615,21 @@ impl QueueRx {
             let next = {
                 let mut q = self.shared.pending();
                 let (work, hub_gone) = (q.has_work(), q.hub_gone);
-                match q
-                    .direct
-                    .as_ref()
-                    .map(|d| (d.failed, d.blocked, d.sock.clone()))
-                {
+                match q.direct.as_ref() {
                     None => Next::Detached,
-                    Some((true, _, _)) => return Turn::Failed,
-                    Some((false, Some(since), sock)) => Next::Wait(sock, since),
-                    Some((false, None, _)) if work => match q.write_direct() {
+                    Some(d) if d.failed => return Turn::Failed,
+                    Some(Direct {
+                        blocked: Some(since),
+                        sock,
+                        ..
+                    }) => Next::Wait(sock.clone(), *since),
+                    Some(_) if work => match q.write_direct() {
                         Flow::Done => return Turn::Wrote,
                         Flow::Failed => return Turn::Failed,
                         Flow::Blocked => continue,
                     },
-                    Some((false, None, _)) if hub_gone => return Turn::HubGone,
-                    Some((false, None, _)) => Next::Idle,
+                    Some(_) if hub_gone => return Turn::HubGone,
+                    Some(_) => Next::Idle,
                 }
             };
             let (sock, since) = match next {
@@ -668,13 +662,13 @@ impl QueueRx {
         loop {
             let sock = {
                 let mut q = self.shared.pending();
-                let Some(sock) = q.direct.as_ref().map(|d| d.sock.clone()) else {
-                    return true;
-                };
                 match q.write_direct() {
                     Flow::Done => return true,
                     Flow::Failed => return false,
-                    Flow::Blocked => sock,
+                    Flow::Blocked => match q.direct.as_ref() {
+                        Some(d) => d.sock.clone(),
+                        None => return true,
+                    },
                 }
             };
             match tokio::time::timeout_at(deadline, sock.writable()).await {
@@ -720,16 +714,16 @@ impl ConnShared {
     pub fn poll_flush_direct(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             let mut q = self.pending();
-            let Some(sock) = q.direct.as_ref().map(|d| d.sock.clone()) else {
-                return Poll::Ready(Ok(()));
-            };
             match q.write_direct() {
                 Flow::Done => return Poll::Ready(Ok(())),
                 Flow::Failed => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
                 Flow::Blocked => {}
             }
-            drop(q);
-            match sock.poll_write_ready(cx) {
+            let Some(d) = q.direct.as_ref() else {
+                return Poll::Ready(Ok(()));
+            };
+            // Registers this task for writability; no await under the lock.
+            match d.sock.poll_write_ready(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) => {}
