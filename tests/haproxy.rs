@@ -93,17 +93,7 @@ impl Haproxy {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let cfg = dir.0.join("haproxy.cfg");
         std::fs::write(&cfg, generate(addr, relays, &socket)).unwrap();
-        let check = Command::new("haproxy")
-            .arg("-c")
-            .arg("-f")
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        assert!(
-            check.status.success(),
-            "haproxy -c: {}",
-            String::from_utf8_lossy(&check.stderr)
-        );
+        assert_valid(&cfg);
         let log = dir.0.join("haproxy.log");
         let child = Command::new("haproxy")
             .arg("-db")
@@ -305,17 +295,7 @@ fn the_shipped_config_is_valid_haproxy() {
     let dir = TempDir::new();
     let cfg = dir.0.join("haproxy.cfg");
     std::fs::write(&cfg, shipped()).unwrap();
-    let out = Command::new("haproxy")
-        .arg("-c")
-        .arg("-f")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_valid(&cfg);
     let text = shipped();
     for needed in [
         "timeout tunnel",
@@ -487,4 +467,19 @@ async fn two_relays_behind_haproxy_deliver_once_and_clients_move_when_one_drains
     // The proxy answered health checks and nothing else about the relays.
     let r = http(proxy.addr, "GET", "/metrics", &[]).await.unwrap();
     assert_eq!(r.status, 404, "/metrics is not served through the proxy");
+}
+
+/// `haproxy -c`: the configuration at `cfg` is valid.
+fn assert_valid(cfg: &std::path::Path) {
+    let check = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(cfg)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "haproxy -c: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 }

@@ -219,6 +219,15 @@ struct Seen {
 }
 
 /// Reads until `n` events arrived, or the end marker.
+/// Reads until the first gap and returns when it arrived.
+async fn first_gap(c: &mut Client, seen: &mut Seen, publisher: &Publisher) -> Instant {
+    while seen.gaps.is_empty() {
+        let want = seen.ns.len() + 1;
+        read(c, seen, publisher, Some(want)).await;
+    }
+    seen.gaps[0].1
+}
+
 async fn read(c: &mut Client, seen: &mut Seen, publisher: &Publisher, until_n: Option<usize>) {
     loop {
         if until_n.is_some_and(|n| seen.ns.len() >= n) {
@@ -297,11 +306,7 @@ async fn a_graceful_sentinel_failover_is_noticed_though_the_old_master_runs_on()
     let switched = Instant::now();
     // The old master keeps running (Sentinel demotes it a while later).
     assert!(cli(old, &["PING"]).contains("PONG"));
-    while seen.gaps.is_empty() {
-        let want = seen.ns.len() + 1;
-        read(&mut c, &mut seen, &publisher, Some(want)).await;
-    }
-    let (_, gap_at) = seen.gaps[0];
+    let gap_at = first_gap(&mut c, &mut seen, &publisher).await;
     eprintln!(
         "sentinel failover: gap {:?} after the switch",
         gap_at.duration_since(switched)
@@ -372,11 +377,7 @@ async fn a_killed_sentinel_master_and_its_return_as_a_replica() {
         "503 {:?} after the kill",
         killed.elapsed()
     );
-    while seen.gaps.is_empty() {
-        let want = seen.ns.len() + 1;
-        read(&mut c, &mut seen, &publisher, Some(want)).await;
-    }
-    let (_, gap_at) = seen.gaps[0];
+    let gap_at = first_gap(&mut c, &mut seen, &publisher).await;
     eprintln!(
         "sentinel kill: gap {:?} after the kill",
         gap_at.duration_since(killed)
@@ -498,11 +499,7 @@ async fn a_cluster_delivers_from_every_node_and_survives_losing_its_node_at_once
     read(&mut c, &mut seen, &publisher, Some(10)).await;
     cluster.nodes[victim].kill();
     let killed = Instant::now();
-    while seen.gaps.is_empty() {
-        let want = seen.ns.len() + 1;
-        read(&mut c, &mut seen, &publisher, Some(want)).await;
-    }
-    let (_, gap_at) = seen.gaps[0];
+    let gap_at = first_gap(&mut c, &mut seen, &publisher).await;
     let took = gap_at.duration_since(killed);
     eprintln!("cluster: re-subscribed {took:?} after the kill");
     // cluster-node-timeout is 5 s: the cluster has not even marked the node
