@@ -8,18 +8,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
-use bytes::{Buf, BytesMut};
-use futures_util::{SinkExt, StreamExt};
+use bytes::{Buf, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use studio_relay_bench::resp::{self, Item, RedisUrl};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use crate::payload::{now_ns, parse_event, Dest};
+use crate::ws::{Msg, Ws};
 use crate::Target;
 
 /// Broadcast ids (the `seq` of a `bcast` payload).
@@ -372,26 +369,19 @@ fn ws_path(ctx: &Ctx, want: Want) -> String {
     }
 }
 
-fn text(m: &Message) -> Option<&[u8]> {
-    match m {
-        Message::Text(t) => Some(t.as_bytes()),
-        _ => None,
-    }
-}
-
-async fn next_frame<S: AsyncRead + AsyncWrite + Unpin>(
-    ws: &mut WebSocketStream<S>,
-) -> Result<Message> {
-    match ws.next().await {
-        Some(Ok(Message::Close(f))) => bail!("closed before ready: {}", close_desc(f.as_ref())),
-        Some(m) => Ok(m?),
+/// The next message before the client is ready; a close or the end is an error.
+async fn next_text<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>) -> Result<Option<Bytes>> {
+    match ws.next().await? {
+        Some(Msg::Text(t)) => Ok(Some(t)),
+        Some(Msg::Binary) => Ok(None),
+        Some(Msg::Close(f)) => bail!("closed before ready: {}", close_desc(f)),
         None => bail!("connection ended before ready"),
     }
 }
 
-fn close_desc(f: Option<&tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> String {
+fn close_desc(f: Option<(u16, String)>) -> String {
     match f {
-        Some(f) => format!("close {} {}", u16::from(f.code), f.reason),
+        Some((code, reason)) => format!("close {code} {reason}"),
         None => "close (no code)".into(),
     }
 }
@@ -401,18 +391,16 @@ async fn ws_client(ctx: &Ctx, idx: usize, want: Want, gate: &Semaphore) -> Resul
     let path = ws_path(ctx, want);
     match &ctx.tls {
         None => {
-            let url = format!("ws://{}{path}", ctx.host_port);
             let connect = ctx.tcp_connect(idx, ctx.target_addr);
-            ws_session(ctx, idx, want, permit, &url, connect).await
+            ws_session(ctx, idx, want, permit, &path, connect).await
         }
         Some(tls) => {
-            let url = format!("wss://{}{path}", ctx.host_port);
             let connect = async {
                 let tcp = ctx.tcp_connect(idx, ctx.target_addr).await?;
                 let name = crate::tls::server_name(ctx.target_addr.ip());
                 tls.connect(name, tcp).await.context("tls handshake")
             };
-            ws_session(ctx, idx, want, permit, &url, connect).await
+            ws_session(ctx, idx, want, permit, &path, connect).await
         }
     }
 }
@@ -424,50 +412,50 @@ async fn ws_session<S, C>(
     idx: usize,
     want: Want,
     permit: tokio::sync::SemaphorePermit<'_>,
-    url: &str,
+    path: &str,
     connect: C,
 ) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     C: std::future::Future<Output = Result<S>>,
 {
-    let cfg = WebSocketConfig::default()
-        .read_buffer_size(ctx.read_buffer)
-        .write_buffer_size(0)
-        .max_write_buffer_size(1 << 20);
     let ready = async {
         let stream = connect.await?;
-        let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(cfg))
+        let mut ws = Ws::connect(stream, &ctx.host_port, path, ctx.read_buffer)
             .await
             .context("websocket handshake")?;
         match ctx.target {
             Target::Studio => loop {
                 // The relay's first frame, once the subscriptions are live.
-                let m = next_frame(&mut ws).await?;
-                if let Some(t) = text(&m) {
-                    if contains(t, b"\"type\":\"welcome\"") {
-                        break;
-                    }
-                    if contains(t, b"\"type\":\"error\"") {
-                        bail!("relay error before welcome: {}", String::from_utf8_lossy(t));
-                    }
+                let Some(t) = next_text(&mut ws).await? else {
+                    continue;
+                };
+                if contains(&t, b"\"type\":\"welcome\"") {
+                    break;
+                }
+                if contains(&t, b"\"type\":\"error\"") {
+                    bail!(
+                        "relay error before welcome: {}",
+                        String::from_utf8_lossy(&t)
+                    );
                 }
             },
             Target::Socketio => {
-                let m = next_frame(&mut ws).await?;
-                if !text(&m).is_some_and(|t| t.starts_with(b"0")) {
+                let t = next_text(&mut ws).await?;
+                if !t.is_some_and(|t| t.starts_with(b"0")) {
                     bail!("expected an engine.io open packet");
                 }
-                ws.send(Message::text("40")).await?;
+                ws.send_text("40").await?;
                 loop {
-                    let m = next_frame(&mut ws).await?;
-                    let Some(t) = text(&m) else { continue };
+                    let Some(t) = next_text(&mut ws).await? else {
+                        continue;
+                    };
                     if t.starts_with(b"40") {
                         break;
-                    } else if t == b"2" {
-                        ws.send(Message::text("3")).await?;
+                    } else if &t[..] == b"2" {
+                        ws.send_text("3").await?;
                     } else if t.starts_with(b"44") {
-                        bail!("socket.io connect error: {}", String::from_utf8_lossy(t));
+                        bail!("socket.io connect error: {}", String::from_utf8_lossy(&t));
                     }
                 }
             }
@@ -477,17 +465,18 @@ where
                     Want::Agent(a) => format!("a{a}"),
                 };
                 loop {
-                    let m = next_frame(&mut ws).await?;
-                    let Some(t) = text(&m) else { continue };
-                    if contains(t, b"pusher:connection_established") {
+                    let Some(t) = next_text(&mut ws).await? else {
+                        continue;
+                    };
+                    if contains(&t, b"pusher:connection_established") {
                         let sub = format!(
                             r#"{{"event":"pusher:subscribe","data":{{"channel":"{channel}"}}}}"#
                         );
-                        ws.send(Message::text(sub)).await?;
-                    } else if contains(t, b"pusher_internal:subscription_succeeded") {
+                        ws.send_text(&sub).await?;
+                    } else if contains(&t, b"pusher_internal:subscription_succeeded") {
                         break;
-                    } else if contains(t, b"pusher:error") {
-                        bail!("sockudo error: {}", String::from_utf8_lossy(t));
+                    } else if contains(&t, b"pusher:error") {
+                        bail!("sockudo error: {}", String::from_utf8_lossy(&t));
                     }
                 }
             }
@@ -500,24 +489,22 @@ where
     drop(permit);
     let mut rx = Receiver::new(ctx, idx, want);
     let end: Result<()> = async {
-        while let Some(m) = ws.next().await {
-            match m? {
-                Message::Text(t) => {
-                    let b = t.as_bytes();
-                    if ctx.target == Target::Socketio && b == b"2" {
-                        ws.send(Message::text("3")).await?;
-                    } else if ctx.target == Target::Sockudo && contains(b, b"\"pusher:ping\"") {
-                        ws.send(Message::text(r#"{"event":"pusher:pong","data":{}}"#))
-                            .await?;
+        loop {
+            match ws.next().await? {
+                Some(Msg::Text(b)) => {
+                    if ctx.target == Target::Socketio && &b[..] == b"2" {
+                        ws.send_text("3").await?;
+                    } else if ctx.target == Target::Sockudo && contains(&b, b"\"pusher:ping\"") {
+                        ws.send_text(r#"{"event":"pusher:pong","data":{}}"#).await?;
                     } else {
-                        rx.on_frame(b);
+                        rx.on_frame(&b);
                     }
                 }
-                Message::Close(f) => bail!("closed by peer: {}", close_desc(f.as_ref())),
-                _ => {}
+                Some(Msg::Close(f)) => bail!("closed by peer: {}", close_desc(f)),
+                Some(Msg::Binary) => {}
+                None => bail!("connection ended"),
             }
         }
-        bail!("connection ended")
     }
     .await;
     ctx.ended(want);

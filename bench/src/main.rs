@@ -10,6 +10,7 @@ mod procfs;
 mod publisher;
 mod report;
 mod tls;
+mod ws;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -147,8 +148,8 @@ struct Args {
     /// Idle: seconds to wait for the broadcast to reach every client.
     #[arg(long, default_value_t = 10.0)]
     idle_wait: f64,
-    /// Per-client WebSocket read buffer (tungstenite preallocates it; its
-    /// 128 KiB default would need 12.8 GB for 100k clients).
+    /// Per-client read buffer (WebSocket and RESP clients), reserved on
+    /// each read: small, so 100k idle clients fit in memory.
     #[arg(long, default_value_t = 8192)]
     read_buffer: usize,
     /// Worker threads of the load generator's runtime (default: all cores).
