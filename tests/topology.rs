@@ -449,10 +449,18 @@ impl Cluster {
             "{}",
             String::from_utf8_lossy(&out.stdout)
         );
+        // Slots covered is not enough: a PUBLISH reaches only the nodes its
+        // node has a live bus link to, so wait until every node knows all
+        // six as connected (no handshake still under way).
         for n in &nodes {
             let port = n.port;
-            until(Duration::from_secs(30), "cluster_state:ok", || {
-                cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+            until(Duration::from_secs(30), "cluster_state:ok, all linked", || {
+                let links = cli(port, &["CLUSTER", "NODES"]);
+                let linked = links
+                    .lines()
+                    .filter(|l| l.contains(" connected") && !l.contains("handshake"))
+                    .count();
+                cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok") && linked == 6
             })
             .await;
         }
