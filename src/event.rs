@@ -10,6 +10,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::wire::frame::Framed;
+
 /// How many wire formats can cache a frame on one event (one slot each,
 /// indexed by [`Wire::slot`](crate::wire::Wire::slot)).
 pub const WIRE_SLOTS: usize = 2;
@@ -60,7 +62,7 @@ pub struct Event {
     pub offset: Option<u64>,
     /// Rooms (values of [`ROOM_FIELD`]) whose subscribers must not get it.
     pub except: Box<[Box<str>]>,
-    frames: [OnceLock<Utf8Bytes>; WIRE_SLOTS],
+    frames: [OnceLock<Framed>; WIRE_SLOTS],
 }
 
 impl Event {
@@ -100,14 +102,15 @@ impl Event {
         self.frames
             .iter()
             .filter_map(OnceLock::get)
-            .map(|f| f.len())
+            .map(|f| f.wire().len())
             .sum()
     }
 
-    /// The frame cached in `slot`, built by `build` on first use. Racing
-    /// callers may both build, but only one frame is kept and returned.
-    pub fn frame(&self, slot: usize, build: impl FnOnce(&Event) -> Utf8Bytes) -> &Utf8Bytes {
-        self.frames[slot % WIRE_SLOTS].get_or_init(|| build(self))
+    /// The frame cached in `slot`, its payload built by `build` on first
+    /// use. Racing callers may both build, but only one frame is kept and
+    /// returned.
+    pub fn frame(&self, slot: usize, build: impl FnOnce(&Event) -> Utf8Bytes) -> &Framed {
+        self.frames[slot % WIRE_SLOTS].get_or_init(|| Framed::text(build(self)))
     }
 }
 
@@ -166,7 +169,8 @@ mod tests {
             })
             .clone();
         let b = e.frame(0, |_| unreachable!("cached")).clone();
-        assert_eq!((a.as_str(), b.as_str(), builds), ("a", "a", 1));
-        assert_eq!(e.frame(1, |_| "b".into()).as_str(), "b");
+        let (a, b) = (a.payload().as_str(), b.payload().as_str());
+        assert_eq!((a, b, builds), ("a", "a", 1));
+        assert_eq!(e.frame(1, |_| "b".into()).payload().as_str(), "b");
     }
 }

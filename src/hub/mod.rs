@@ -374,10 +374,12 @@ impl Hub {
     fn route(&mut self, event: &Arc<Event>) {
         self.seq += 1;
         let seq = self.seq;
-        let make = |w: Wire| Outbound {
-            frame: w.event_frame(event),
-            received: Some(event.received),
-            attachments: w.attachments(event),
+        let make = |w: Wire| {
+            Outbound::framed(
+                w.event_framed(event),
+                Some(event.received),
+                w.attachments(event),
+            )
         };
         let mut frames = Frames::new(&make);
         // `io.except(room)`: stamping a slot marks it done for this event,
@@ -436,11 +438,7 @@ impl Hub {
             .map(|events| {
                 events
                     .filter(|e| history::matches(e, firehose, |f, v| subs.contains(&(f, v))))
-                    .map(|e| Outbound {
-                        frame: wire.event_frame(e),
-                        received: None,
-                        attachments: wire.attachments(e),
-                    })
+                    .map(|e| Outbound::framed(wire.event_framed(e), None, wire.attachments(e)))
                     .collect()
             });
         drop(subs);

@@ -23,6 +23,9 @@ use crate::metrics::Metrics;
 use crate::util::id::InstanceId;
 
 /// What a source hands the hub.
+// Nearly every item is an event, so boxing it to shrink the rare gap would
+// cost an allocation per event for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Ingest {
     /// An event to route.

@@ -1,9 +1,14 @@
 //! Server-to-client WebSocket frame headers (RFC 6455 §5.2).
 //!
 //! Frames a server sends are unmasked, so a frame is the same bytes for
-//! every connection: the header is computed from the payload's length and
-//! written beside the shared payload (`writev`), never copied into a
-//! per-connection buffer.
+//! every connection: an event's text frame is built once, header and
+//! payload in one buffer ([`Framed`]), and written as is to every direct
+//! socket, one slice per frame, never copied into a per-connection buffer.
+//! (Binary attachments get their header computed per write, beside the
+//! shared payload.)
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Opcode of a text frame.
 pub const TEXT: u8 = 0x1;
@@ -43,9 +48,64 @@ impl Header {
     }
 }
 
+/// A complete final text frame (header and payload in one buffer) and its
+/// payload as text, a view of the same buffer: what a direct socket writes
+/// and what tungstenite (TLS, the queued path) or Engine.IO polling send.
+#[derive(Debug, Clone)]
+pub struct Framed {
+    wire: Bytes,
+    text: Utf8Bytes,
+}
+
+impl Framed {
+    /// The text frame carrying `payload`: one copy, once per frame (an
+    /// event's frame is built once per wire format and shared).
+    pub fn text(payload: Utf8Bytes) -> Self {
+        let head = Header::new(TEXT, payload.len());
+        let h = head.as_bytes().len();
+        let mut buf = BytesMut::with_capacity(h + payload.len());
+        buf.put_slice(head.as_bytes());
+        buf.put_slice(payload.as_bytes());
+        let wire = buf.freeze();
+        // The copy of valid UTF-8 is valid UTF-8; should the check ever
+        // fail, the original payload is kept (a second buffer, not an error).
+        let text = Utf8Bytes::try_from(wire.slice(h..)).unwrap_or(payload);
+        Framed { wire, text }
+    }
+
+    /// The whole frame as sent on a plain WebSocket.
+    pub fn wire(&self) -> &Bytes {
+        &self.wire
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &Utf8Bytes {
+        &self.text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_framed_text_is_header_then_payload_in_one_buffer() {
+        for n in [0usize, 125, 126, 65_536] {
+            let payload = "é".repeat(n / 2) + &"x".repeat(n % 2);
+            let f = Framed::text(payload.clone().into());
+            assert_eq!(
+                &f.wire()[..],
+                &tungstenite_frame(TEXT, payload.as_bytes())[..]
+            );
+            assert_eq!(f.payload().as_str(), payload);
+            // The payload is a view of the frame, not a second copy.
+            let end = f.wire().as_ptr() as usize + f.wire().len();
+            assert_eq!(
+                f.payload().as_bytes().as_ptr() as usize + f.payload().len(),
+                end
+            );
+        }
+    }
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
     use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 

@@ -50,19 +50,22 @@ impl Wire {
         }
     }
 
-    /// The event's frame in this format, encoded on first use.
+    /// The event's frame payload in this format, encoded on first use.
     pub fn event_frame(self, event: &Event) -> Utf8Bytes {
-        event
-            .frame(self.slot(), |e| match self {
-                Wire::Studio => studio::event_frame(e),
-                // With history on, the offset rides as the last argument
-                // for socket.io-client's recovery (SPEC §12).
-                Wire::SocketIo => match e.offset {
-                    Some(offset) => socketio::event_frame_with_offset(e, offset),
-                    None => socketio::event_frame(e),
-                },
-            })
-            .clone()
+        self.event_framed(event).payload().clone()
+    }
+
+    /// The event's complete frame in this format, encoded on first use.
+    pub fn event_framed(self, event: &Event) -> &frame::Framed {
+        event.frame(self.slot(), |e| match self {
+            Wire::Studio => studio::event_frame(e),
+            // With history on, the offset rides as the last argument
+            // for socket.io-client's recovery (SPEC §12).
+            Wire::SocketIo => match e.offset {
+                Some(offset) => socketio::event_frame_with_offset(e, offset),
+                None => socketio::event_frame(e),
+            },
+        })
     }
 
     /// Binary messages that follow the event's frame in this format.
