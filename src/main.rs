@@ -137,7 +137,12 @@ fn run(
     inherited: Inherited,
     log: logging::LogHandle,
 ) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // 0 leaves tokio's default: TOKIO_WORKER_THREADS, else one per core.
+    if loaded.config.limits.worker_threads > 0 {
+        builder.worker_threads(loaded.config.limits.worker_threads);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

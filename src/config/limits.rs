@@ -4,6 +4,10 @@ use serde::Deserialize;
 
 use super::{Checked, Invalid};
 
+/// Most runtime threads `limits.worker_threads` may ask for: beyond the
+/// cores of any machine the relay runs on, more threads only add switches.
+const MAX_WORKER_THREADS: usize = 1024;
+
 /// `[limits]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -37,6 +41,8 @@ pub struct LimitsConfig {
     /// socket takes them, instead of waking each connection's task. Off:
     /// every write goes through the connection's task (for comparison).
     pub direct_writes: bool,
+    /// Threads of the async runtime; 0 = one per core. Read at start.
+    pub worker_threads: usize,
 }
 
 impl Default for LimitsConfig {
@@ -54,6 +60,7 @@ impl Default for LimitsConfig {
             shutdown_grace_ms: 5000,
             drain_delay_ms: 0,
             direct_writes: true,
+            worker_threads: 0,
         }
     }
 }
@@ -89,6 +96,12 @@ impl LimitsConfig {
             return Err(Invalid::new(
                 "limits.drain_delay_ms",
                 "must be below limits.shutdown_grace_ms (the drain needs time left to close clients)",
+            ));
+        }
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return Err(Invalid::new(
+                "limits.worker_threads",
+                format!("must be at most {MAX_WORKER_THREADS} (0 = one per core)"),
             ));
         }
         let mut warnings = Vec::new();
@@ -131,6 +144,22 @@ mod tests {
         );
         // 0 (the default) is always fine, even with a zero grace.
         assert!(parse("[limits]\nshutdown_grace_ms = 0\n").is_ok());
+    }
+
+    #[test]
+    fn worker_threads_zero_means_per_core_and_is_bounded() {
+        assert_eq!(parse("").unwrap().config.limits.worker_threads, 0);
+        assert_eq!(
+            parse("[limits]\nworker_threads = 1\n")
+                .unwrap()
+                .config
+                .limits
+                .worker_threads,
+            1
+        );
+        let e = parse("[limits]\nworker_threads = 5000\n").unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("limits.worker_threads", 2));
+        assert!(e.message.contains("at most 1024"), "{}", e.message);
     }
 
     #[test]

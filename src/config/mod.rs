@@ -351,6 +351,10 @@ impl Config {
         if self.publish.to != new.publish.to {
             changed.push("publish.to");
         }
+        // The runtime is built once, before anything else.
+        if self.limits.worker_threads != new.limits.worker_threads {
+            changed.push("limits.worker_threads");
+        }
         changed
     }
 }
@@ -508,5 +512,10 @@ mod tests {
         assert_eq!(a.restart_only_changes(&b), vec!["redis"]);
         b.nats.url = "nats://127.0.0.1:4222".into();
         assert_eq!(a.restart_only_changes(&b), vec!["redis", "nats"]);
+        b.limits.worker_threads = 1;
+        assert_eq!(
+            a.restart_only_changes(&b),
+            vec!["redis", "nats", "limits.worker_threads"]
+        );
     }
 }
