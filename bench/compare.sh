@@ -162,10 +162,11 @@ start_target() {
   local kind=$1 log="$WORK/$1.log"
   TARGET_PORT=$(free_port)
   case "$kind" in
-    studio|studio-tls|studio-sio|studio-poll|studio-adapter|studio-history|studio-queued|studio-sio-queued)
+    studio|studio-1w|studio-tls|studio-sio|studio-poll|studio-adapter|studio-history|studio-queued|studio-sio-queued)
       [ "$HAVE_STUDIO" = 1 ] || return 1
-      local history=0 tls="" scheme=http direct=true
+      local history=0 tls="" scheme=http direct=true workers=0
       [ "$kind" = studio-history ] && history=100000
+      [ "$kind" = studio-1w ] && workers=1
       case "$kind" in *-queued) direct=false ;; esac
       if [ "$kind" = studio-tls ]; then
         tls=$(printf 'tls_cert = "%s"\ntls_key = "%s"' "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem")
@@ -181,6 +182,7 @@ $tls
 [limits]
 max_connections = 200000
 direct_writes = $direct
+worker_threads = $workers
 [history]
 size = $history
 EOF
@@ -228,7 +230,7 @@ run_case() {
     socketio-rooms|studio-sio) target=socketio ;;
     studio-poll) target=socketio-polling ;;
     studio-adapter) target=studio; set -- "$@" --adapter ;;
-    studio-history|studio-queued) target=studio ;;
+    studio-history|studio-queued|studio-1w) target=studio ;;
     studio-sio-queued) target=socketio ;;
     studio-tls) target=studio; set -- "$@" --tls-ca "$TLS_DIR/cert.pem" ;;
   esac
@@ -274,21 +276,24 @@ fi
 # ends), printed beside the plain studio row. studio-queued /
 # studio-sio-queued: the same relay with limits.direct_writes = false (every
 # write through the connection's task), the before of the direct-write lever.
+# studio-1w: the same relay with limits.worker_threads = 1 (one runtime
+# thread, as Redis has one): on this box the load generator holds the other
+# core, and a second relay thread mostly wakes it across cores.
 # sockudo: the Rust Pusher-protocol server, fed through its Redis adapter;
 # skipped unless the binary is on PATH or in $SOCKUDO.
-PEERS_ALL=(studio studio-queued studio-sio studio-sio-queued studio-poll socketio ws sockudo redis)
-for t in studio-adapter studio-history studio studio-queued studio-tls studio-sio studio-sio-queued studio-poll socketio ws sockudo redis; do
+PEERS_ALL=(studio studio-1w studio-queued studio-sio studio-sio-queued studio-poll socketio ws sockudo redis)
+for t in studio-adapter studio-history studio studio-1w studio-queued studio-tls studio-sio studio-sio-queued studio-poll socketio ws sockudo redis; do
   run_case "$t" fanout "$N" --duration "$D"
 done
 for r in 1000 100; do
   for t in "${PEERS_ALL[@]}"; do run_case "$t" rate "$N" --rate "$r" --duration "$D"; done
 done
-for t in studio studio-queued studio-tls studio-adapter studio-history studio-sio studio-sio-queued studio-poll socketio-rooms socketio sockudo redis; do run_case "$t" routed "$RN" --agents "$RA" --duration "$D"; done
+for t in studio studio-1w studio-queued studio-tls studio-adapter studio-history studio-sio studio-sio-queued studio-poll socketio-rooms socketio sockudo redis; do run_case "$t" routed "$RN" --agents "$RA" --duration "$D"; done
 run_case studio routed "$BN" --agents "$BA" --duration "$D"
 # Routed at the same offered load for everyone (below any target's
 # saturation): latency at equal throughput. Flat out, a closed loop's
 # latency is mostly its window over its own throughput.
-for t in studio studio-queued studio-sio sockudo redis; do
+for t in studio studio-1w studio-queued studio-sio sockudo redis; do
   run_case "$t" routed "$RN" --agents "$RA" --paced --rate "$PACED" --duration "$D"
 done
 

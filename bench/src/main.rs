@@ -134,7 +134,12 @@ struct Args {
     /// Flat-out scenarios: max events in flight end to end (published but not
     /// yet received by every client that wants them), so the publisher can
     /// not outrun the relay unboundedly. 0 = only the --pipeline bound.
-    #[arg(long, default_value_t = 256)]
+    /// The default equals --pipeline's: Redis answers a PUBLISH only after
+    /// its fan-out, so raw Redis never has more than the pipeline in
+    /// flight, while a relay's copy leaves Redis at once; a larger window
+    /// gave every relay more events in flight than Redis, and with them
+    /// latency (a closed loop's latency is its window over its throughput).
+    #[arg(long, default_value_t = 64)]
     window: u64,
     /// Connections being set up at once.
     #[arg(long, default_value_t = 256)]

@@ -309,6 +309,20 @@ pub fn summarize(files: &[PathBuf]) -> Result<()> {
                 ratio(num(base, "target_hwm_kb"), num(o, "target_hwm_kb")),
             );
         }
+        // The one-thread relay against Redis's one thread as well.
+        let one = vs.iter().find(|v| s(v, "label") == "studio-1w");
+        let redis = vs.iter().find(|v| s(v, "label") == "redis");
+        if let (Some(a), Some(b)) = (one, redis) {
+            println!(
+                "  {g:<30} studio-1w vs redis    deliv/s {}  cpu/delivery {}  cpu/event {}  p50 {}  p99 {}  peak RSS {}",
+                ratio(num(a, "delivered_per_s"), num(b, "delivered_per_s")),
+                ratio(num(a, "target_cpu_ns_per_delivery"), num(b, "target_cpu_ns_per_delivery")),
+                ratio(num(a, "target_cpu_us_per_event"), num(b, "target_cpu_us_per_event")),
+                ratio(num(a, "latency_us.p50"), num(b, "latency_us.p50")),
+                ratio(num(a, "latency_us.p99"), num(b, "latency_us.p99")),
+                ratio(num(a, "target_hwm_kb"), num(b, "target_hwm_kb")),
+            );
+        }
     }
 
     // TLS cost: the same case over wss:// against plain ws://.
