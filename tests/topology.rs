@@ -454,14 +454,18 @@ impl Cluster {
         // six as connected (no handshake still under way).
         for n in &nodes {
             let port = n.port;
-            until(Duration::from_secs(30), "cluster_state:ok, all linked", || {
-                let links = cli(port, &["CLUSTER", "NODES"]);
-                let linked = links
-                    .lines()
-                    .filter(|l| l.contains(" connected") && !l.contains("handshake"))
-                    .count();
-                cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok") && linked == 6
-            })
+            until(
+                Duration::from_secs(30),
+                "cluster_state:ok, all linked",
+                || {
+                    let links = cli(port, &["CLUSTER", "NODES"]);
+                    let linked = links
+                        .lines()
+                        .filter(|l| l.contains(" connected") && !l.contains("handshake"))
+                        .count();
+                    cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok") && linked == 6
+                },
+            )
             .await;
         }
         Cluster { nodes }

@@ -8,7 +8,7 @@
 //!
 //! A WebSocket on plain TCP is *direct* ([`QueueRx::attach`]): once a hub
 //! batch is routed, the hub writes the queued frames to the socket itself
-//! (non-blocking `writev` of header + shared payload), the way Redis writes
+//! (a non-blocking write of the shared, already framed bytes), the way Redis writes
 //! from its event loop, and wakes the connection task only when the socket
 //! would block. From then on the connection owns the writes until the
 //! backlog is gone; the queue's bounds and the 1013 policy are the same
@@ -140,7 +140,8 @@ enum Flow {
     Failed,
 }
 
-/// Frame headers per `writev`; each frame is a header and its payload.
+/// Frames per write: each text frame is one slice, each attachment a
+/// header and its payload.
 const MAX_HEADERS: usize = 64;
 
 impl Pending {
@@ -161,7 +162,7 @@ impl Pending {
 
     /// Writes what is queued, front to back, without blocking: the rest of
     /// a partly written frame, then the connection's own bytes, then the
-    /// queued frames, as `writev` of headers and the shared payloads.
+    /// queued frames, each as its shared, already framed bytes.
     fn write_direct(&mut self) -> Flow {
         let Some(d) = self.direct.as_ref() else {
             return Flow::Done;
@@ -217,7 +218,7 @@ impl Pending {
         flow
     }
 
-    /// One `writev` of as much as fits in [`MAX_HEADERS`] frames (a frame
+    /// One write of as much as fits in [`MAX_HEADERS`] frames (a frame
     /// with more attachments than that goes alone, from the heap). The
     /// usual single frame takes small stack buffers: this runs once per
     /// delivery.
@@ -243,7 +244,7 @@ impl Pending {
 
     /// Lays out as many queued frames as `heads` has room for (the rest of
     /// a partly written one first, then the connection's own bytes) and
-    /// writes them with one `writev`; `slices` holds twice the headers, plus one.
+    /// writes them with one syscall; `slices` holds twice the frames, plus one.
     fn gather<'a>(
         &'a self,
         heads: &'a mut [Header],
