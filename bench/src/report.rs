@@ -192,6 +192,25 @@ fn group_key(v: &Value) -> String {
     k
 }
 
+/// One row's throughput, CPU, latency and RSS against another's.
+fn ratios(a: &Value, b: &Value) -> String {
+    format!(
+        "deliv/s {}  cpu/delivery {}  cpu/event {}  p50 {}  p99 {}  peak RSS {}",
+        ratio(num(a, "delivered_per_s"), num(b, "delivered_per_s")),
+        ratio(
+            num(a, "target_cpu_ns_per_delivery"),
+            num(b, "target_cpu_ns_per_delivery")
+        ),
+        ratio(
+            num(a, "target_cpu_us_per_event"),
+            num(b, "target_cpu_us_per_event")
+        ),
+        ratio(num(a, "latency_us.p50"), num(b, "latency_us.p50")),
+        ratio(num(a, "latency_us.p99"), num(b, "latency_us.p99")),
+        ratio(num(a, "target_hwm_kb"), num(b, "target_hwm_kb")),
+    )
+}
+
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b != 0.0 => format!("{:.2}x", a / b),
@@ -298,30 +317,13 @@ pub fn summarize(files: &[PathBuf]) -> Result<()> {
                 );
                 continue;
             }
-            println!(
-                "  {g:<30} vs {:<16} deliv/s {}  cpu/delivery {}  cpu/event {}  p50 {}  p99 {}  peak RSS {}",
-                s(o, "label"),
-                ratio(num(base, "delivered_per_s"), num(o, "delivered_per_s")),
-                ratio(num(base, "target_cpu_ns_per_delivery"), num(o, "target_cpu_ns_per_delivery")),
-                ratio(num(base, "target_cpu_us_per_event"), num(o, "target_cpu_us_per_event")),
-                ratio(num(base, "latency_us.p50"), num(o, "latency_us.p50")),
-                ratio(num(base, "latency_us.p99"), num(o, "latency_us.p99")),
-                ratio(num(base, "target_hwm_kb"), num(o, "target_hwm_kb")),
-            );
+            println!("  {g:<30} vs {:<16} {}", s(o, "label"), ratios(base, o));
         }
         // The one-thread relay against Redis's one thread as well.
         let one = vs.iter().find(|v| s(v, "label") == "studio-1w");
         let redis = vs.iter().find(|v| s(v, "label") == "redis");
         if let (Some(a), Some(b)) = (one, redis) {
-            println!(
-                "  {g:<30} studio-1w vs redis    deliv/s {}  cpu/delivery {}  cpu/event {}  p50 {}  p99 {}  peak RSS {}",
-                ratio(num(a, "delivered_per_s"), num(b, "delivered_per_s")),
-                ratio(num(a, "target_cpu_ns_per_delivery"), num(b, "target_cpu_ns_per_delivery")),
-                ratio(num(a, "target_cpu_us_per_event"), num(b, "target_cpu_us_per_event")),
-                ratio(num(a, "latency_us.p50"), num(b, "latency_us.p50")),
-                ratio(num(a, "latency_us.p99"), num(b, "latency_us.p99")),
-                ratio(num(a, "target_hwm_kb"), num(b, "target_hwm_kb")),
-            );
+            println!("  {g:<30} studio-1w vs redis    {}", ratios(a, b));
         }
     }
 
