@@ -1,5 +1,5 @@
-//! SPEC §13 signed per-agent grants against the real binary: HS256 and
-//! EdDSA tokens made here (jsonwebtoken; the Ed25519 pair from rcgen), on
+//! SPEC §13 signed per-agent grants against the real binary: HS256, EdDSA
+//! and ES256 tokens made here (jsonwebtoken; the key pairs from rcgen), on
 //! every path — the `/ws` URL (403), the subscribe frame (`forbidden`),
 //! Socket.IO CONNECT (`44 forbidden`) and the subscribe emit (ack
 //! `forbidden`) with the real socket.io-client — the 401s of tokens that do
@@ -55,7 +55,17 @@ impl Signer {
 
     /// A fresh Ed25519 pair; the relay reads the public half from a file.
     fn eddsa(extra: &str) -> Signer {
-        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        Signer::public_key(&rcgen::PKCS_ED25519, Algorithm::EdDSA, extra)
+    }
+
+    /// A fresh P-256 pair (ES256), the relay telling the algorithm from
+    /// the key file alone.
+    fn es256() -> Signer {
+        Signer::public_key(&rcgen::PKCS_ECDSA_P256_SHA256, Algorithm::ES256, "")
+    }
+
+    fn public_key(kind: &'static rcgen::SignatureAlgorithm, alg: Algorithm, extra: &str) -> Signer {
+        let pair = rcgen::KeyPair::generate_for(kind).unwrap();
         let dir = TempDir::new();
         let path = dir.0.join("jwt.pub.pem");
         std::fs::write(&path, pair.public_key_pem()).unwrap();
@@ -64,8 +74,11 @@ impl Signer {
                 "[auth.jwt]\npublic_key_file = \"{}\"\n{extra}",
                 path.display()
             ),
-            alg: Algorithm::EdDSA,
-            key: EncodingKey::from_ed_der(&pair.serialize_der()),
+            alg,
+            key: match alg {
+                Algorithm::EdDSA => EncodingKey::from_ed_der(&pair.serialize_der()),
+                _ => EncodingKey::from_ec_der(&pair.serialize_der()),
+            },
             public_pem: pair.public_key_pem(),
             _dir: Some(dir),
         }
@@ -285,6 +298,21 @@ async fn hs256_grants_on_every_path() {
         common::metric_value(&text, UNAUTHORIZED).unwrap_or(0.0),
         0.0
     );
+}
+
+#[tokio::test]
+async fn es256_grants_on_every_path() {
+    let redis = Redis::start().await;
+    let signer = Signer::es256();
+    let relay = Relay::with_extra(&redis, &signer.section).await;
+    let mut refusals = native_paths(&redis, &relay, &signer).await;
+    refusals += socketio_paths(&redis, &relay, &signer).await;
+    assert_eq!(relay.metric(FORBIDDEN).await, refusals);
+    // An EdDSA token is refused by an ES256 key (401, not a grant check).
+    let other = Signer::eddsa("");
+    let token = other.grants(json!({"agentId": ["a1"]}));
+    let (status, body) = refused(relay.addr(), &format!("agentId=a1&token={token}")).await;
+    assert_eq!(status, 401, "{body}");
 }
 
 #[tokio::test]
