@@ -2,12 +2,13 @@
 //! binary: a real Socket.IO server publishing through
 //! `@socket.io/redis-adapter` 8 and a real `@socket.io/redis-emitter` 5, and
 //! hand-made MessagePack for what those never send (hostile input, the
-//! corpus replayed byte for byte).
+//! corpus replayed byte for byte, room broadcasts under SPEC §13's `room`
+//! grants).
 
 mod common;
 
 use common::node::NodeProc;
-use common::{Client, Redis, Relay, RelayOpts};
+use common::{http, ws_headers, Client, Redis, Relay, RelayOpts};
 use rmpv::Value as Mp;
 use serde_json::{json, Value};
 
@@ -368,4 +369,54 @@ async fn the_adapter_is_off_by_default_and_room_is_then_not_a_routing_field() {
         .await;
     redis.publish("claude-studio:after", "{}").await;
     assert_eq!(c.next_of_type("event").await["event"], "after");
+}
+
+#[tokio::test]
+async fn a_room_grant_admits_its_room_only_and_that_rooms_broadcasts_arrive() {
+    let redis = Redis::start().await;
+    let secret = "room-grant-secret-0123456789abcdefgh";
+    let opts = RelayOpts {
+        redis_extra: ADAPTER.into(),
+        extra: format!("[auth.jwt]\nhs256_secret = \"{secret}\"\n"),
+        ..Default::default()
+    };
+    let relay = Relay::start_with(&redis.url(), opts).await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 60;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"exp": exp, "grants": {"room": ["project:7"]}}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    // `room` is grantable like any routing field: the URL outside it is 403.
+    let path = format!("/ws?room=project:8&token={token}");
+    let r = http(relay.addr(), "GET", &path, &ws_headers())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("room=project:8"), "{}", r.body);
+    let mut c = relay.client(&format!("room=project:7&token={token}")).await;
+    assert_eq!(c.welcome["subscriptions"]["room"], json!(["project:7"]));
+    c.send_json(json!({"type": "subscribe", "room": "project:8"}))
+        .await;
+    assert_eq!(c.next_of_type("error").await["code"], "forbidden");
+    // io.to("project:7") arrives, io.to("project:8") does not.
+    for (name, room) in [("in", "project:7"), ("out", "project:8")] {
+        let m = adapter_message("/", name, vec![Mp::from(1)], &[room], &[]);
+        redis.publish("socket.io#/#", m).await;
+    }
+    redis
+        .publish(
+            "socket.io#/#",
+            adapter_message("/", "end", vec![], &[], &[]),
+        )
+        .await;
+    assert_eq!(
+        native_until_end(&mut c).await,
+        vec![("in".to_owned(), json!(1))]
+    );
 }
