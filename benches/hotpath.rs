@@ -179,7 +179,10 @@ fn resumes(bench: bool, fields: &[Arc<str>]) {
     let mut first = register(&mut hub, 0, Vec::new(), true);
     let mut sink = Vec::new();
     first.drain_now(&mut sink, 1);
-    let epoch = sink.pop().map(|o| o.frame.to_string()).unwrap_or_default();
+    let epoch = sink
+        .pop()
+        .map(|o| o.frame.payload().to_string())
+        .unwrap_or_default();
     for k in 0..missed {
         let payload = format!(r#"{{"agentId":"a{}","n":{k}}}"#, k % 100);
         let e = studio_json::decode("m", &payload, fields, Instant::now());

@@ -628,10 +628,10 @@ mod tests {
         buf.into_iter()
             .map(|o| {
                 let v: serde_json::Value =
-                    serde_json::from_str(o.frame.as_str()).unwrap_or_default();
+                    serde_json::from_str(o.frame.payload().as_str()).unwrap_or_default();
                 match v["event"].as_str() {
                     Some(name) => name.to_owned(),
-                    None => o.frame.as_str().to_owned(),
+                    None => o.frame.payload().as_str().to_owned(),
                 }
             })
             .collect()
@@ -701,7 +701,7 @@ mod tests {
         hub.ingest(ev(&[("agentId", "a1")], "e"));
         a.drain_now(&mut ba, 10);
         b.drain_now(&mut bb, 10);
-        let (fa, fb) = (&ba[1].frame, &bb[1].frame);
+        let (fa, fb) = (ba[1].frame.payload(), bb[1].frame.payload());
         assert_eq!(fa.as_str(), fb.as_str());
         assert_eq!(
             fa.as_str().as_ptr(),

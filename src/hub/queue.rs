@@ -33,11 +33,9 @@ use crate::wire::frame::{self, Framed, Header};
 /// One frame waiting in a connection's queue.
 #[derive(Debug, Clone)]
 pub struct Outbound {
-    /// The shared, already-encoded text frame's payload.
-    pub frame: Utf8Bytes,
-    /// The same frame with its WebSocket header: one buffer with `frame`,
-    /// written as is on a direct socket.
-    pub wire: Bytes,
+    /// The shared, already-encoded text frame: its bytes with the
+    /// WebSocket header for a direct socket, its payload for the rest.
+    pub frame: Framed,
     /// When its Redis message was read, for the latency histogram.
     pub received: Option<Instant>,
     /// Binary messages that follow the frame (Socket.IO attachments).
@@ -57,8 +55,7 @@ impl Outbound {
         attachments: Option<Arc<[Bytes]>>,
     ) -> Self {
         Outbound {
-            frame: framed.payload().clone(),
-            wire: framed.wire().clone(),
+            frame: framed.clone(),
             received,
             attachments,
         }
@@ -66,7 +63,7 @@ impl Outbound {
 
     /// Bytes it holds in a queue, attachments included.
     pub fn queued_bytes(&self) -> usize {
-        self.frame.len()
+        self.frame.payload().len()
             + self
                 .attachments
                 .as_ref()
@@ -142,7 +139,7 @@ enum Flow {
 
 /// Frames per write: each text frame is one slice, each attachment a
 /// header and its payload.
-const MAX_HEADERS: usize = 64;
+const MAX_FRAMES: usize = 64;
 
 impl Pending {
     /// Something is waiting to be written on a direct socket.
@@ -218,7 +215,7 @@ impl Pending {
         flow
     }
 
-    /// One write of as much as fits in [`MAX_HEADERS`] frames (a frame
+    /// One write of as much as fits in [`MAX_FRAMES`] frames (a frame
     /// with more attachments than that goes alone, from the heap). The
     /// usual single frame takes small stack buffers: this runs once per
     /// delivery.
@@ -226,7 +223,7 @@ impl Pending {
         let mut need = 0;
         for out in &self.items {
             let n = frames_in(out);
-            if need > 0 && need + n > MAX_HEADERS {
+            if need > 0 && need + n > MAX_FRAMES {
                 break;
             }
             need += n;
@@ -235,8 +232,8 @@ impl Pending {
         let empty = IoSlice::new(&[]);
         if need <= 2 {
             self.gather(&mut [blank; 2], &mut [empty; 5])
-        } else if need <= MAX_HEADERS {
-            self.gather(&mut [blank; MAX_HEADERS], &mut [empty; 2 * MAX_HEADERS + 1])
+        } else if need <= MAX_FRAMES {
+            self.gather(&mut [blank; MAX_FRAMES], &mut [empty; 2 * MAX_FRAMES + 1])
         } else {
             self.gather(&mut vec![blank; need], &mut vec![empty; 2 * need + 1])
         }
@@ -359,7 +356,7 @@ fn frames_in(out: &Outbound) -> usize {
 /// Bytes a queued item takes on the wire.
 fn wire_len(out: &Outbound) -> usize {
     let binary = |len| Header::new(frame::BINARY, len).as_bytes().len() + len;
-    out.wire.len()
+    out.frame.wire().len()
         + out
             .attachments
             .iter()
@@ -377,7 +374,7 @@ fn push_frame<'a>(
     heads: &'a [Header],
     h: &mut usize,
 ) {
-    slices[*n] = IoSlice::new(&out.wire);
+    slices[*n] = IoSlice::new(out.frame.wire());
     *n += 1;
     for payload in out.attachments.iter().flat_map(|a| a.iter()) {
         slices[*n] = IoSlice::new(heads[*h].as_bytes());

@@ -315,7 +315,7 @@ impl Conn {
         let buf = &mut self.buf;
         let write = async {
             for out in buf.drain(..) {
-                ws.feed(Message::Text(out.frame)).await?;
+                ws.feed(Message::Text(out.frame.into_payload())).await?;
             }
             ws.flush().await
         };

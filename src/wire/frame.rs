@@ -1,4 +1,4 @@
-//! Server-to-client WebSocket frame headers (RFC 6455 §5.2).
+//! Server-to-client WebSocket frames and their headers (RFC 6455 §5.2).
 //!
 //! Frames a server sends are unmasked, so a frame is the same bytes for
 //! every connection: an event's text frame is built once, header and
@@ -82,11 +82,31 @@ impl Framed {
     pub fn payload(&self) -> &Utf8Bytes {
         &self.text
     }
+
+    /// The payload, for a sender that takes it by value (tungstenite).
+    pub fn into_payload(self) -> Utf8Bytes {
+        self.text
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+
+    /// What tungstenite itself writes for the same message.
+    fn tungstenite_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let data = if opcode == TEXT {
+            Data::Text
+        } else {
+            Data::Binary
+        };
+        let mut out = Vec::new();
+        let written = Frame::message(payload.to_vec(), OpCode::Data(data), true).format(&mut out);
+        assert!(written.is_ok());
+        out
+    }
 
     #[test]
     fn a_framed_text_is_header_then_payload_in_one_buffer() {
@@ -105,21 +125,6 @@ mod tests {
                 end
             );
         }
-    }
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-
-    /// What tungstenite itself writes for the same message.
-    fn tungstenite_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let data = if opcode == TEXT {
-            Data::Text
-        } else {
-            Data::Binary
-        };
-        let mut out = Vec::new();
-        let written = Frame::message(payload.to_vec(), OpCode::Data(data), true).format(&mut out);
-        assert!(written.is_ok());
-        out
     }
 
     #[test]

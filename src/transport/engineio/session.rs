@@ -817,7 +817,7 @@ impl Driver {
                     ws.feed(Message::Text(frame)).await?;
                 }
                 for o in buf.drain(..) {
-                    ws.feed(Message::Text(o.frame)).await?;
+                    ws.feed(Message::Text(o.frame.into_payload())).await?;
                     // Engine.IO 4 over websocket: an attachment is a bare binary message.
                     for a in o.attachments.iter().flat_map(|a| a.iter()) {
                         ws.feed(Message::Binary(a.clone())).await?;
@@ -837,7 +837,7 @@ impl Driver {
         } else if let Some(poll) = self.poll.take() {
             let mut frames: Vec<Utf8Bytes> = self.out.drain(..).collect();
             for o in self.buf.drain(..) {
-                frames.push(o.frame);
+                frames.push(o.frame.into_payload());
                 // Over polling an attachment is a `b<base64>` packet.
                 for a in o.attachments.iter().flat_map(|a| a.iter()) {
                     frames.push(packet::binary_packet(a));
