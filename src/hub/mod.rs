@@ -166,6 +166,9 @@ struct Marks {
     kicked: Vec<Slot>,
     /// Queue went from empty to non-empty: wake the connection.
     touched: Vec<Slot>,
+    /// The item being routed came alone: write (or wake) at once rather
+    /// than at the end of the batch, as nothing else could share the write.
+    alone: bool,
 }
 
 /// One item's frame per wire format, made on first use while routing it.
@@ -247,9 +250,11 @@ impl Hub {
                     if n == 0 {
                         ingest_open = false;
                     }
+                    self.marks.alone = n == 1;
                     for item in batch.drain(..) {
                         self.ingest(item);
                     }
+                    self.marks.alone = false;
                 }
             }
             // Once per connection per batch: several frames leave in one
@@ -570,7 +575,13 @@ fn deliver(
         return;
     }
     entry.stamp = seq;
-    match entry.queue.push(frames.get(entry.wire)) {
+    let out = frames.get(entry.wire);
+    let pushed = if marks.alone {
+        entry.queue.push_now(out)
+    } else {
+        entry.queue.push(out)
+    };
+    match pushed {
         Enqueue::Queued { first: true } => marks.touched.push(slot),
         Enqueue::Queued { first: false } | Enqueue::Gone => {}
         Enqueue::Slow => marks.kicked.push(slot),
