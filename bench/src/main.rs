@@ -557,15 +557,26 @@ async fn publish_phase(
             if start.elapsed() >= dur {
                 break;
             }
+            // Only as many events as the window has room for: topping it
+            // up by a whole batch let a relay (whose PUBLISH is answered
+            // before its fan-out) hold up to window + batch in flight,
+            // twice what the pipeline allows raw Redis.
+            let mut room = BATCH;
             if args.window > 0 {
-                while ph.exp_live.saturating_sub(ctx.delivered() - delivered0) > window_deliveries {
+                loop {
+                    let in_flight = ph.exp_live.saturating_sub(ctx.delivered() - delivered0);
+                    let free = window_deliveries.saturating_sub(in_flight) / per_event;
+                    if free > 0 {
+                        room = usize::try_from(free).unwrap_or(BATCH).min(BATCH);
+                        break;
+                    }
                     if start.elapsed() >= dur {
                         break 'outer;
                     }
                     tokio::time::sleep(Duration::from_micros(500)).await;
                 }
             }
-            let n = p.reserve(BATCH).await?;
+            let n = p.reserve(room).await?;
             gen.push_n(ctx, p, &mut ph, n);
             p.flush().await?;
         },
