@@ -2,8 +2,11 @@
 # compare.sh — studio-relay against the Node peers (Socket.IO, Socket.IO with
 # rooms, plain ws) and raw Redis subscribers, on this machine, in one run.
 #
-#   bench/compare.sh [--quick] [--studio-only] [--skip-build] [--out FILE]
+#   bench/compare.sh [--quick] [--studio-only] [--skip-build] [--repeat N] [--out FILE]
 #
+# --repeat N runs every case N times, the labels in turn within each round;
+# the summary then adds each case's medians and, for studio against each
+# other label, in how many rounds studio was at or under it (p99, CPU).
 # Every case gets a fresh private redis-server on a free port and a fresh
 # relay process (so peak RSS and CPU belong to that case alone); both are
 # stopped afterwards, and everything this script started is killed on exit.
@@ -25,14 +28,18 @@ ROOT=$(cd "$HERE/.." && pwd)
 QUICK=0
 STUDIO_ONLY=0
 BUILD=1
+REPEAT=1
 OUT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --studio-only) STUDIO_ONLY=1 ;;
     --skip-build) BUILD=0 ;;
+    --repeat)
+      REPEAT=$2; shift
+      [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || { echo "--repeat needs a positive number, got: $REPEAT" >&2; exit 2; } ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -282,19 +289,29 @@ fi
 # sockudo: the Rust Pusher-protocol server, fed through its Redis adapter;
 # skipped unless the binary is on PATH or in $SOCKUDO.
 PEERS_ALL=(studio studio-1w studio-queued studio-sio studio-sio-queued studio-poll socketio ws sockudo redis)
-for t in studio-adapter studio-history studio studio-1w studio-queued studio-tls studio-sio studio-sio-queued studio-poll socketio ws sockudo redis; do
-  run_case "$t" fanout "$N" --duration "$D"
+# --repeat N: each case N times, every label in turn within a round, so
+# the box's drift (steal, neighbours) falls on all of them alike.
+for _ in $(seq "$REPEAT"); do
+  for t in studio-adapter studio-history studio studio-1w studio-queued studio-tls studio-sio studio-sio-queued studio-poll socketio ws sockudo redis; do
+    run_case "$t" fanout "$N" --duration "$D"
+  done
 done
 for r in 1000 100; do
-  for t in "${PEERS_ALL[@]}"; do run_case "$t" rate "$N" --rate "$r" --duration "$D"; done
+  for _ in $(seq "$REPEAT"); do
+    for t in "${PEERS_ALL[@]}"; do run_case "$t" rate "$N" --rate "$r" --duration "$D"; done
+  done
 done
-for t in studio studio-1w studio-queued studio-tls studio-adapter studio-history studio-sio studio-sio-queued studio-poll socketio-rooms socketio sockudo redis; do run_case "$t" routed "$RN" --agents "$RA" --duration "$D"; done
+for _ in $(seq "$REPEAT"); do
+  for t in studio studio-1w studio-queued studio-tls studio-adapter studio-history studio-sio studio-sio-queued studio-poll socketio-rooms socketio sockudo redis; do run_case "$t" routed "$RN" --agents "$RA" --duration "$D"; done
+done
 run_case studio routed "$BN" --agents "$BA" --duration "$D"
 # Routed at the same offered load for everyone (below any target's
 # saturation): latency at equal throughput. Flat out, a closed loop's
 # latency is mostly its window over its own throughput.
-for t in studio studio-1w studio-queued studio-sio sockudo redis; do
-  run_case "$t" routed "$RN" --agents "$RA" --paced --rate "$PACED" --duration "$D"
+for _ in $(seq "$REPEAT"); do
+  for t in studio studio-1w studio-queued studio-sio sockudo redis; do
+    run_case "$t" routed "$RN" --agents "$RA" --paced --rate "$PACED" --duration "$D"
+  done
 done
 
 # Idle: the relay needs max_connections (200000 in its config) and an

@@ -211,6 +211,85 @@ fn ratios(a: &Value, b: &Value) -> String {
     )
 }
 
+/// The median of a field over several runs (the mean of the middle two
+/// for an even count); None if no run has it.
+fn median(runs: &[&Value], path: &str) -> Option<f64> {
+    let mut xs: Vec<f64> = runs.iter().filter_map(|v| num(v, path)).collect();
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let m = xs.len() / 2;
+    Some(if xs.len() % 2 == 0 {
+        (xs[m - 1] + xs[m]) / 2.0
+    } else {
+        xs[m]
+    })
+}
+
+/// Cases run more than once (`compare.sh --repeat N`): each label's
+/// medians, then studio against every other label round by round, the
+/// k-th run of one beside the k-th of the other (the rounds interleave
+/// the labels, so a pair shares the box's state of the moment). On a
+/// shared box one run's ratio is within the noise; the count of rounds
+/// is what can be trusted.
+fn print_repeats(groups: &BTreeMap<String, Vec<&Value>>) {
+    let mut header = false;
+    for (g, vs) in groups {
+        // Labels in the order first seen, each with its runs in file order.
+        let mut labels: Vec<(String, Vec<&Value>)> = Vec::new();
+        for v in vs.iter().filter(|v| s(v, "scenario") != "idle") {
+            let l = s(v, "label");
+            match labels.iter_mut().find(|(k, _)| *k == l) {
+                Some((_, runs)) => runs.push(v),
+                None => labels.push((l, vec![v])),
+            }
+        }
+        let Some((_, studio)) = labels.iter().find(|(l, _)| l == "studio") else {
+            continue;
+        };
+        if studio.len() < 2 {
+            continue;
+        }
+        if !header {
+            println!();
+            println!("Repeated cases (medians over the runs; then studio against each other label, round by round)");
+            header = true;
+        }
+        for (l, runs) in &labels {
+            println!(
+                "  {g:<30} {l:<16} n={}  deliv/s {}  p50 {} ms  p99 {} ms  cpu/delivery {} ns",
+                runs.len(),
+                h(median(runs, "delivered_per_s")),
+                ms(median(runs, "latency_us.p50")),
+                ms(median(runs, "latency_us.p99")),
+                median(runs, "target_cpu_ns_per_delivery")
+                    .map_or("-".into(), |x| format!("{x:.0}")),
+            );
+        }
+        for (l, runs) in labels.iter().filter(|(l, _)| l != "studio") {
+            let pairs: Vec<(&Value, &Value)> =
+                studio.iter().copied().zip(runs.iter().copied()).collect();
+            let rounds = |path: &str, studio_better: fn(f64, f64) -> bool| {
+                pairs
+                    .iter()
+                    .filter(|(a, b)| match (num(a, path), num(b, path)) {
+                        (Some(x), Some(y)) => studio_better(x, y),
+                        _ => false,
+                    })
+                    .count()
+            };
+            let n = pairs.len();
+            println!(
+                "  {g:<30} studio vs {l:<16} p99 at or under in {}/{n} rounds, cpu/delivery at or under in {}/{n}, deliv/s at or over in {}/{n}",
+                rounds("latency_us.p99", |x, y| x <= y),
+                rounds("target_cpu_ns_per_delivery", |x, y| x <= y),
+                rounds("delivered_per_s", |x, y| x >= y),
+            );
+        }
+    }
+}
+
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b != 0.0 => format!("{:.2}x", a / b),
@@ -293,7 +372,8 @@ pub fn summarize(files: &[PathBuf]) -> Result<()> {
         );
     }
 
-    // Ratios: studio against every other label in the same case.
+    // Ratios: studio against every other label in the same case (with
+    // --repeat, the first round's; the repeated section has the rest).
     let mut groups: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
     for v in &rows {
         groups.entry(group_key(v)).or_default().push(v);
@@ -327,6 +407,8 @@ pub fn summarize(files: &[PathBuf]) -> Result<()> {
         }
     }
 
+    print_repeats(&groups);
+
     // TLS cost: the same case over wss:// against plain ws://.
     for (g, vs) in &groups {
         let plain = vs.iter().find(|v| s(v, "label") == "studio");
@@ -351,10 +433,16 @@ pub fn summarize(files: &[PathBuf]) -> Result<()> {
     }
 
     // Routed scaling: relay CPU per published event, bigger run vs smaller.
-    let routed: Vec<&Value> = rows
+    // (With --repeat, each case's first run.)
+    let mut routed: Vec<&Value> = Vec::new();
+    for v in rows
         .iter()
         .filter(|v| s(v, "label") == "studio" && s(v, "scenario") == "routed")
-        .collect();
+    {
+        if !routed.iter().any(|r| group_key(r) == group_key(v)) {
+            routed.push(v);
+        }
+    }
     if routed.len() >= 2 {
         let mut sorted = routed.clone();
         sorted.sort_by(|a, b| {
@@ -382,4 +470,26 @@ pub fn summarize(files: &[PathBuf]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn median_of_odd_even_and_missing() {
+        let runs = [json!({"a": 3.0}), json!({"a": 1.0}), json!({"a": 2.0})];
+        let refs: Vec<&Value> = runs.iter().collect();
+        assert_eq!(median(&refs, "a"), Some(2.0));
+        assert_eq!(median(&refs[..2], "a"), Some(2.0), "mean of the middle two");
+        let gaps = [json!({"a": 5.0}), json!({"b": 1.0})];
+        let refs: Vec<&Value> = gaps.iter().collect();
+        assert_eq!(
+            median(&refs, "a"),
+            Some(5.0),
+            "runs without it are left out"
+        );
+        assert_eq!(median(&refs, "c"), None);
+    }
 }
