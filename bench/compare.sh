@@ -284,8 +284,8 @@ fi
 # studio-sio-queued: the same relay with limits.direct_writes = false (every
 # write through the connection's task), the before of the direct-write lever.
 # studio-1w: the same relay with limits.worker_threads = 1 (one runtime
-# thread, as Redis has one): on this box the load generator holds the other
-# core, and a second relay thread mostly wakes it across cores.
+# thread besides its routing thread): on this box the load generator holds
+# the other core, and more relay threads mostly wake each other across cores.
 # sockudo: the Rust Pusher-protocol server, fed through its Redis adapter;
 # skipped unless the binary is on PATH or in $SOCKUDO.
 PEERS_ALL=(studio studio-1w studio-queued studio-sio studio-sio-queued studio-poll socketio ws sockudo redis)

@@ -161,8 +161,13 @@ impl Relay {
         ));
 
         let core = TaskTracker::new();
+        let routing = RoutingThread::start();
+        let on = routing.handle();
         let hub = Hub::new(self.metrics.clone());
-        core.spawn(hub.run(commands, ingest_rx, live.watch(), close.clone()));
+        core.spawn_on(
+            hub.run(commands, ingest_rx, live.watch(), close.clone()),
+            &on,
+        );
         let sources = self.sources.unwrap_or_else(|| source::configured(&config));
         for source in sources {
             let name = source.name();
@@ -178,7 +183,7 @@ impl Relay {
                 metrics: self.metrics.clone(),
                 instance: instance.clone(),
             };
-            core.spawn(source.run(ctx, close.clone()));
+            core.spawn_on(source.run(ctx, close.clone()), &on);
         }
         drop(ingest_tx);
         let publisher = server.clone();
@@ -262,6 +267,83 @@ impl Relay {
                 "drain deadline passed; dropping remaining connections"
             );
         }
+        routing.stop().await;
+    }
+}
+
+/// The thread the sources and the hub run on: a current-thread runtime of
+/// their own. An event then goes from the broker's socket through the
+/// broker client, the decode and the routing to the clients' sockets on one
+/// thread, woken once by its socket, as Redis's own event loop is; on the
+/// shared runtime those three tasks could sit on different workers, and an
+/// event reaching an idle relay paid a cross-core wakeup per hand-off (the
+/// tail of the latency at a steady rate). Connections, handshakes, TLS and
+/// long-polling stay on the shared runtime's threads.
+struct RoutingThread {
+    /// None if the thread could not be started: the shared runtime then
+    /// runs the sources and the hub, as it did before.
+    started: Option<(
+        tokio::runtime::Handle,
+        CancellationToken,
+        std::thread::JoinHandle<()>,
+    )>,
+}
+
+impl Drop for RoutingThread {
+    /// A relay dropped before its drain (a test's, say) leaves no thread behind.
+    fn drop(&mut self) {
+        if let Some((_, stop, _)) = &self.started {
+            stop.cancel();
+        }
+    }
+}
+
+impl RoutingThread {
+    fn start() -> Self {
+        let stop = CancellationToken::new();
+        let started = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .and_then(|rt| {
+                let handle = rt.handle().clone();
+                let until = stop.clone();
+                std::thread::Builder::new()
+                    .name("studio-routing".into())
+                    .spawn(move || {
+                        rt.block_on(until.cancelled());
+                        // What is left (only after the drain deadline)
+                        // is dropped, as on the shared runtime.
+                        rt.shutdown_timeout(Duration::from_millis(100));
+                    })
+                    .map(|thread| (handle, stop, thread))
+            });
+        match started {
+            Ok(started) => RoutingThread {
+                started: Some(started),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the routing thread; routing on the shared runtime");
+                RoutingThread { started: None }
+            }
+        }
+    }
+
+    /// Where the sources and the hub are spawned.
+    fn handle(&self) -> tokio::runtime::Handle {
+        match &self.started {
+            Some((handle, _, _)) => handle.clone(),
+            None => tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// Ends the thread once its tasks are done (or past the drain deadline).
+    async fn stop(mut self) {
+        let Some((_, stop, thread)) = self.started.take() else {
+            return;
+        };
+        stop.cancel();
+        // Joining blocks: off the async threads.
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
 }
 
