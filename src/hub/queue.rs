@@ -920,6 +920,18 @@ mod tests {
         assert!(!rx.shared().pending().has_work());
     }
 
+    /// The connection's side of a direct socket: its turns at writing
+    /// until the backlog the hub left is gone.
+    async fn write_backlog(mut rx: QueueRx) -> QueueRx {
+        loop {
+            match rx.serve_direct(Duration::from_secs(10)).await {
+                Turn::Wrote if !rx.shared().pending().has_work() => return rx,
+                Turn::Wrote => {}
+                other => panic!("turn {other:?}"),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn an_item_routed_alone_wakes_a_queued_connection_at_once() {
         let (tx, mut rx) = queue(4, 1024);
@@ -942,7 +954,7 @@ mod tests {
     async fn an_item_routed_alone_is_written_at_once_and_a_blocked_one_left_to_the_connection() {
         let (sock, mut client) = pair().await;
         let metrics = Arc::new(Metrics::new());
-        let (tx, mut rx) = queue(16, 64 << 20);
+        let (tx, rx) = queue(16, 64 << 20);
         rx.attach(sock, metrics.clone());
         assert!(matches!(
             tx.push_now(&event("e0".into())),
@@ -973,15 +985,7 @@ mod tests {
             Enqueue::Queued { first: false }
         ));
         assert_eq!(rx.shared().pending().items.len(), 2);
-        let writer = tokio::spawn(async move {
-            loop {
-                match rx.serve_direct(Duration::from_secs(10)).await {
-                    Turn::Wrote if !rx.shared().pending().has_work() => return rx,
-                    Turn::Wrote => {}
-                    other => panic!("turn {other:?}"),
-                }
-            }
-        });
+        let writer = tokio::spawn(write_backlog(rx));
         let frames = read_frames(&mut client, 2).await;
         writer.await.expect("writer");
         assert_eq!(
@@ -997,7 +1001,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_socket_leaves_the_backlog_to_the_connection_and_frames_stay_whole() {
         let (sock, mut client) = pair().await;
-        let (tx, mut rx) = queue(1000, 64 << 20);
+        let (tx, rx) = queue(1000, 64 << 20);
         rx.attach(sock, Arc::new(Metrics::new()));
         let payload = |i: usize| format!("{i:05}{}", "x".repeat(70_000));
         for i in 0..20 {
@@ -1021,15 +1025,7 @@ mod tests {
             Enqueue::Queued { first: false }
         ));
         tx.flush();
-        let writer = tokio::spawn(async move {
-            loop {
-                match rx.serve_direct(Duration::from_secs(10)).await {
-                    Turn::Wrote if !rx.shared().pending().has_work() => return rx,
-                    Turn::Wrote => {}
-                    other => panic!("turn {other:?}"),
-                }
-            }
-        });
+        let writer = tokio::spawn(write_backlog(rx));
         let frames = read_frames(&mut client, 22).await;
         let rx = writer.await.expect("writer");
         let texts: Vec<String> = frames
