@@ -291,13 +291,7 @@ impl Pending {
         for out in items {
             push_frame(slices, &mut n, out, heads, &mut h);
         }
-        // The usual case, one whole frame, goes by `send`: `writev` pays
-        // for the vectored-I/O layer on each call (copying in the iovec
-        // array, its checks), some 5 % of a loopback delivery.
-        match &slices[..n] {
-            [one] => send(&d.sock, one),
-            all => d.sock.try_write_vectored(all),
-        }
+        send(&d.sock, &slices[..n])
     }
 
     /// Accounts for `n` bytes written in the order [`write_direct`] laid
@@ -350,16 +344,27 @@ impl Pending {
     }
 }
 
-/// One non-blocking `send(2)` of `buf`, straight on the socket: tokio's
-/// `try_write` first reads the socket's readiness word, which on a burst
-/// to a thousand sockets is a cache miss per delivery (~4 % of the hub's
-/// time), to learn what the kernel is about to say anyway. Only a write
-/// that would block goes through tokio, whose readiness must be cleared
-/// for `writable()` to wait for the next edge; it sends again, and may
-/// even succeed if the socket drained meanwhile.
-fn send(sock: &TcpStream, buf: &[u8]) -> io::Result<usize> {
-    match socket2::SockRef::from(sock).send(buf) {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => sock.try_write(buf),
+/// One non-blocking write of `slices` straight on the socket: `send(2)`
+/// for the usual single frame (the vectored layer, copying in the iovec
+/// array and checking it, was some 5 % of a loopback delivery),
+/// `sendmsg(2)` for several. tokio's `try_write` would first read the
+/// socket's readiness word, which on a burst to a thousand sockets is a
+/// cache miss per delivery (~4 % of the hub's time), to learn what the
+/// kernel is about to say anyway. Only a write that would block goes
+/// through tokio, whose readiness must be cleared for `writable()` to wait
+/// for the next edge; it writes again, and may even succeed if the socket
+/// drained meanwhile.
+fn send(sock: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    let raw = socket2::SockRef::from(sock);
+    let sent = match slices {
+        [one] => raw.send(one),
+        all => raw.send_vectored(all),
+    };
+    match sent {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => match slices {
+            [one] => sock.try_write(one),
+            all => sock.try_write_vectored(all),
+        },
         done => done,
     }
 }
@@ -513,7 +518,7 @@ impl QueueTx {
         let mut q = self.shared.pending();
         let done = self.push_locked(&mut q, out);
         if let Enqueue::Queued { first: true } = done {
-            if self.flush_locked(q) {
+            if flush_locked(q) {
                 self.shared.data.notify_one();
             }
             // Written or handed over: nothing for the end of the batch.
@@ -547,25 +552,26 @@ impl QueueTx {
     /// would block (or broke); any other connection is woken to take them.
     pub(crate) fn flush(&self) {
         let q = self.shared.pending();
-        if self.flush_locked(q) {
+        if flush_locked(q) {
             self.shared.data.notify_one();
         }
     }
+}
 
-    /// Writes on a direct socket; true if the connection task must be
-    /// woken (after the lock is released, which this takes).
-    fn flush_locked(&self, mut q: MutexGuard<'_, Pending>) -> bool {
-        if let Some(d) = q.direct.as_ref() {
-            // Blocked: the connection task already owns the writes.
-            if d.blocked.is_some() || d.failed {
-                return false;
-            }
-            if q.write_direct() == Flow::Done {
-                return false;
-            }
+/// A flush under the queue's lock: writes on a direct socket; true if the
+/// connection task must be woken (after the lock is released, which this
+/// takes).
+fn flush_locked(mut q: MutexGuard<'_, Pending>) -> bool {
+    if let Some(d) = q.direct.as_ref() {
+        // Blocked: the connection task already owns the writes.
+        if d.blocked.is_some() || d.failed {
+            return false;
         }
-        true
+        if q.write_direct() == Flow::Done {
+            return false;
+        }
     }
+    true
 }
 
 impl Drop for QueueTx {
